@@ -1,0 +1,41 @@
+"""`create_app(settings)`: the FastAPI application. No side effects at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelworks import __version__
+from modelworks.api import errors, health, keys, models
+from modelworks.api.middleware import RequestContext
+from modelworks.api.protocols import v2
+from modelworks.api.services import Services
+from modelworks.settings import Settings
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the app on an already migrated database (`modelworks db upgrade`)."""
+    svc = services or Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        svc.store.clean_scratch()
+        yield
+        svc.close()
+
+    app = FastAPI(
+        title="Modelworks",
+        version=__version__,
+        summary="Register, serve and meter models over the protocols real clients speak.",
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(keys.router)
+    app.include_router(v2.router)
+    app.add_middleware(RequestContext)
+    return app

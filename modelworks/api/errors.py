@@ -1,0 +1,81 @@
+"""Errors become responses here, and only here: one JSON envelope for the management API,
+`{"error": "<message>"}` for the protocol routes whose clients expect that shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from modelworks.errors import (
+    ERRORS_BY_STATUS,
+    InternalError,
+    ModelworksError,
+    Unauthorized,
+    ValidationFailed,
+)
+
+log = logging.getLogger("modelworks.api")
+PROTOCOL_PREFIXES = ("/v2",)
+
+
+def error_response(request: Request, exc: ModelworksError) -> Response:
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    retry = exc.details.get("retry_after") if exc.details else None
+    if retry is not None:
+        headers["Retry-After"] = str(retry)
+    if request.url.path.startswith(PROTOCOL_PREFIXES):
+        body: dict[str, Any] = {"error": exc.message}
+    else:
+        body = exc.envelope()
+        rid = getattr(request.state, "request_id", None)
+        if rid:
+            body["error"]["request_id"] = rid
+    # exact `application/json` (no charset): the kserve client compares the header verbatim
+    return JSONResponse(body, status_code=exc.status, headers=headers, media_type="application/json")
+
+
+def _describe(errors: list[Any]) -> str:
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ModelworksError)
+    async def _mw(request: Request, exc: ModelworksError) -> Response:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()[:5]]
+        # never echo the offending input back: it may be large or sensitive
+        return error_response(request, ValidationFailed(_describe(errors), details={"errors": errors}))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        cls = ERRORS_BY_STATUS.get(exc.status_code, ModelworksError)
+        message = {404: f"no route {request.url.path!r}; see /docs for the API",
+                   405: f"method {request.method} is not allowed on {request.url.path!r}"}.get(
+            exc.status_code, str(exc.detail))
+        err = cls(message)
+        resp = error_response(request, err)
+        resp.status_code = exc.status_code
+        return resp
+
+    @app.exception_handler(Exception)
+    async def _unknown(request: Request, exc: Exception) -> Response:
+        rid = getattr(request.state, "request_id", "")
+        log.exception("unhandled error (request %s)", rid)
+        return error_response(
+            request, InternalError(f"internal error; quote request id {rid} when reporting it")
+        )

@@ -1,0 +1,151 @@
+"""Management routes for models, versions and aliases under `/api/v1`."""
+
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+
+from modelworks.api.auth import client_address, require
+from modelworks.api.schemas import (
+    AliasOut,
+    AliasSet,
+    Deleted,
+    ModelCreate,
+    ModelDetail,
+    ModelOut,
+    ModelPatch,
+    VersionOut,
+)
+from modelworks.api.services import Services, services
+from modelworks.api.uploads import receive_file
+from modelworks.auth.keys import Principal
+from modelworks.errors import ModelworksError
+from modelworks.names import ModelName
+from modelworks.registry.formats import detect_and_inspect
+
+router = APIRouter(prefix="/api/v1", tags=["models"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "description": {"type": "string", "maxLength": 10000},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _audit(request: Request, p: Principal, action: str, target: str, outcome: str = "ok",
+           **details: object) -> None:
+    svc = services(request)
+    svc.audit.record(action=action, outcome=outcome, actor=p.prefix, target=target,
+                     project_id=p.project_id, client=client_address(request),
+                     request_id=getattr(request.state, "request_id", ""), details=dict(details))
+
+
+@router.post("/models", status_code=201, response_model=ModelOut)
+def create_model(body: ModelCreate, request: Request, p: Principal = Depends(require("write"))) -> ModelOut:
+    m = services(request).registry.create_model(
+        p.project_id, body.name, task=body.task, description=body.description, tags=body.tags,
+        created_by=p.prefix)
+    _audit(request, p, "model.create", m.name)
+    return ModelOut.of(m)
+
+
+@router.get("/models", response_model=list[ModelOut])
+def list_models(request: Request, p: Principal = Depends(require("read"))) -> list[ModelOut]:
+    return [ModelOut.of(m) for m in services(request).registry.list_models(p.project_id)]
+
+
+@router.get("/models/{name}", response_model=ModelDetail)
+def get_model(name: str, request: Request, p: Principal = Depends(require("read"))) -> ModelDetail:
+    return ModelDetail.detail(services(request).registry.get_model(p.project_id, name))
+
+
+@router.patch("/models/{name}", response_model=ModelOut)
+def update_model(name: str, body: ModelPatch, request: Request,
+                 p: Principal = Depends(require("write"))) -> ModelOut:
+    m = services(request).registry.update_model(p.project_id, name, body.model_dump(exclude_none=True))
+    _audit(request, p, "model.update", name)
+    return ModelOut.of(m)
+
+
+@router.delete("/models/{name}", response_model=Deleted)
+def delete_model(name: str, request: Request, p: Principal = Depends(require("write"))) -> Deleted:
+    svc = services(request)
+    freed = svc.registry.delete_model(p.project_id, name)
+    for digest in freed:
+        svc.pool.drop(digest)
+    _audit(request, p, "model.delete", name)
+    return Deleted(deleted=name)
+
+
+@router.post("/models/{name}/versions", status_code=201, response_model=VersionOut,
+             openapi_extra=UPLOAD_BODY)
+async def upload_version(name: str, request: Request,
+                         p: Principal = Depends(require("write"))) -> VersionOut:
+    """Upload a model file (multipart field `file`) as the model's next version."""
+    svc: Services = services(request)
+    name = ModelName(name)
+    await to_thread.run_sync(svc.registry.get_model, p.project_id, name)  # 404 before the body
+    upload = svc.store.begin_upload(svc.settings.max_upload_bytes)
+    try:
+        form = await receive_file(request, upload)
+        await to_thread.run_sync(upload.sync)
+        fmt, signature = await to_thread.run_sync(detect_and_inspect, upload.path, form.filename)
+        blob = await to_thread.run_sync(upload.commit)
+    except ModelworksError as exc:
+        upload.abort()
+        _audit(request, p, "version.upload", name, outcome="rejected", reason=exc.code)
+        raise
+    except BaseException:
+        upload.abort()
+        raise
+    description = form.fields.get("description", "")[:10_000]
+    v = await to_thread.run_sync(
+        lambda: svc.registry.add_version(
+            p.project_id, name, blob, format=fmt, signature=signature, description=description,
+            created_by=p.prefix, lineage={"source": "upload", "filename": form.filename[-255:]}))
+    _audit(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
+    return VersionOut.of(name, v)
+
+
+@router.get("/models/{name}/versions", response_model=list[VersionOut])
+def list_versions(name: str, request: Request, p: Principal = Depends(require("read"))) -> list[VersionOut]:
+    return ModelDetail.detail(services(request).registry.get_model(p.project_id, name)).version_list
+
+
+@router.get("/models/{name}/versions/{version}", response_model=VersionOut)
+def get_version(name: str, version: int, request: Request,
+                p: Principal = Depends(require("read"))) -> VersionOut:
+    svc = services(request)
+    v = svc.registry.get_version(p.project_id, name, version)
+    m = svc.registry.get_model(p.project_id, name)
+    aliases = sorted(a.name for a in m.aliases if a.version_id == v.id)
+    return VersionOut.of(name, v, aliases)
+
+
+@router.put("/models/{name}/aliases/{alias}", response_model=AliasOut)
+def set_alias(name: str, alias: str, body: AliasSet, request: Request,
+              p: Principal = Depends(require("write"))) -> AliasOut:
+    services(request).registry.set_alias(p.project_id, name, alias, body.version)
+    _audit(request, p, "alias.set", f"{name}:{alias}", version=body.version)
+    return AliasOut(model=name, alias=alias, version=body.version)
+
+
+@router.delete("/models/{name}/aliases/{alias}", response_model=Deleted)
+def delete_alias(name: str, alias: str, request: Request,
+                 p: Principal = Depends(require("write"))) -> Deleted:
+    services(request).registry.delete_alias(p.project_id, name, alias)
+    _audit(request, p, "alias.delete", f"{name}:{alias}")
+    return Deleted(deleted=f"{name}:{alias}")

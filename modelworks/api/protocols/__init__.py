@@ -1,0 +1,1 @@
+"""Protocol adapters at their standard paths: Open Inference Protocol v2 (`/v2`)."""

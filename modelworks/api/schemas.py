@@ -1,0 +1,141 @@
+"""Request and response bodies of the management API (`/api/v1`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from modelworks.db.tables import ApiKey, Model, ModelVersion
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without a zone; they were written in UTC
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+OptionalTimestamp = Annotated[datetime | None, AfterValidator(_utc)]
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=200, description="^[a-z0-9][a-z0-9._-]{0,63}$")
+    task: str = Field("tensor", max_length=64)
+    description: str = Field("", max_length=10_000)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+
+class ModelPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = Field(None, max_length=64)
+    description: str | None = Field(None, max_length=10_000)
+    tags: dict[str, str] | None = Field(None, max_length=64)
+
+
+class AliasSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=128)
+    role: str = Field("developer", max_length=16)
+    expires_at: datetime | None = None
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int
+    format: str
+    digest: str
+    size: int
+    signature: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    description: str
+    created_by: str
+    created_at: Timestamp
+    aliases: list[str] = []
+
+    @classmethod
+    def of(cls, model_name: str, v: ModelVersion, aliases: list[str] | None = None) -> VersionOut:
+        return cls(model=model_name, version=v.version, format=v.format, digest=v.digest, size=v.size,
+                   signature=v.signature, metrics=v.metrics, lineage=v.lineage,
+                   description=v.description, created_by=v.created_by, created_at=v.created_at,
+                   aliases=aliases or [])
+
+
+class ModelOut(BaseModel):
+    name: str
+    task: str
+    description: str
+    tags: dict[str, Any]
+    created_by: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    latest_version: int | None
+    versions: int
+    aliases: dict[str, int]
+
+    @classmethod
+    def of(cls, m: Model) -> ModelOut:
+        return cls(name=m.name, task=m.task, description=m.description, tags=m.tags,
+                   created_by=m.created_by, created_at=m.created_at, updated_at=m.updated_at,
+                   latest_version=max((v.version for v in m.versions), default=None),
+                   versions=len(m.versions),
+                   aliases={a.name: a.target.version for a in m.aliases})
+
+
+class ModelDetail(ModelOut):
+    version_list: list[VersionOut]
+
+    @classmethod
+    def detail(cls, m: Model) -> ModelDetail:
+        base = ModelOut.of(m)
+        by_version: dict[int, list[str]] = {}
+        for alias, version in base.aliases.items():
+            by_version.setdefault(version, []).append(alias)
+        return cls(**base.model_dump(), version_list=[
+            VersionOut.of(m.name, v, sorted(by_version.get(v.version, []))) for v in m.versions])
+
+
+class AliasOut(BaseModel):
+    model: str
+    alias: str
+    version: int
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    role: str
+    project: str
+    created_by: str
+    created_at: Timestamp
+    expires_at: OptionalTimestamp
+    revoked_at: OptionalTimestamp
+    last_used_at: OptionalTimestamp
+
+    @classmethod
+    def of(cls, k: ApiKey, project: str) -> KeyOut:
+        return cls(id=k.id, name=k.name, prefix=k.prefix, role=k.role, project=project,
+                   created_by=k.created_by, created_at=k.created_at, expires_at=k.expires_at,
+                   revoked_at=k.revoked_at, last_used_at=k.last_used_at)
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret. Shown once: store it now.")
+
+
+class Deleted(BaseModel):
+    deleted: str

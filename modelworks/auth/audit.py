@@ -1,0 +1,38 @@
+"""The append-only audit log: every management action and every auth failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelworks.db.tables import AuditEvent
+
+log = logging.getLogger("modelworks.audit")
+
+
+class AuditLog:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def record(
+        self, *, action: str, outcome: str, actor: str = "", target: str = "",
+        project_id: int | None = None, client: str = "", request_id: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        try:
+            with self.sessions.begin() as s:
+                s.add(AuditEvent(action=action, outcome=outcome, actor=actor, target=target[:256],
+                                 project_id=project_id, client=client[:64], request_id=request_id[:64],
+                                 details=details or {}))
+        except Exception:  # the audit trail must never turn a request into a 500
+            log.exception("could not write audit event %s", action)
+
+    def list(self, project_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+        with self.sessions() as s:
+            q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            if project_id is not None:
+                q = q.where(AuditEvent.project_id == project_id)
+            return list(s.scalars(q))

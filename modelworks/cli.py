@@ -1,0 +1,365 @@
+"""The `modelworks` command line. Remote commands talk to the server through the SDK.
+
+Exit codes: 0 done, 1 failed (the message says how to fix it), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelworks import __version__
+from modelworks.errors import ModelworksError
+
+app = typer.Typer(help="Modelworks: register, serve and meter models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="Models, versions and aliases.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+UrlOpt = Annotated[str | None, typer.Option("--url", envvar="MODELWORKS_URL",
+                                            help="Server URL [default: http://127.0.0.1:8000].")]
+KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="MODELWORKS_API_KEY",
+                                            help="API key (mw_…).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Errors become one line on stderr with exit code 1; tracebacks only with --debug."""
+    try:
+        yield
+    except ModelworksError as exc:
+        if os.environ.get("MODELWORKS_DEBUG"):
+            raise
+        fail(exc.message)
+
+
+def client(url: str | None, api_key: str | None) -> Any:
+    from modelworks.client import Client
+
+    return Client(url, api_key)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# server ----------------------------------------------------------------------------------
+def _settings(**overrides: Any) -> Any:
+    from modelworks.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Register the demo model if missing.")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys (loopback only).")] = False,
+) -> None:
+    """Apply migrations and start the server (prints the admin key on first start)."""
+    with handled():
+        settings = _settings(host=host, port=port, home=home, auth=False if no_auth else None)
+        if not settings.auth and not _is_loopback(settings.host):
+            fail(f"refusing to serve {settings.host} without auth: anyone on the network could "
+                 "upload and run models. Drop --no-auth (or MODELWORKS_AUTH=false), or bind 127.0.0.1.",
+                 code=2)
+        import uvicorn
+
+        from modelworks.api.app import create_app
+        from modelworks.api.services import Services
+        from modelworks.db import upgrade
+
+        settings.home.mkdir(parents=True, exist_ok=True)
+        upgrade(settings.resolved_database_url)
+        services = Services.build(settings)
+        if settings.auth:
+            secret = services.keys.bootstrap_admin()
+            if secret:
+                err.print("[bold green]Admin API key[/] (shown once; store it now):", highlight=False)
+                print(secret, flush=True)
+                err.print(f"  export MODELWORKS_API_KEY={secret}", highlight=False)
+        else:
+            err.print("[yellow]auth is off:[/] every caller on this machine may do everything")
+        if demo:
+            from modelworks.demo import DEMO_MODEL, ensure_demo
+
+            if ensure_demo(services):
+                err.print(f"registered the demo model [bold]{DEMO_MODEL}[/]")
+        uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port,
+                    log_level=settings.log_level, access_log=False, server_header=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Database URL (overrides the setting).")] = None,
+) -> None:
+    """Apply database migrations up to the newest."""
+    with handled():
+        from modelworks.db import current_revision, upgrade
+
+        settings = _settings(home=home, database_url=database_url)
+        upgrade(settings.resolved_database_url)
+        out.print(f"database at revision {current_revision(settings.resolved_database_url)}")
+
+
+@app.command()
+def version() -> None:
+    """Print the Modelworks version."""
+    out.print(__version__)
+
+
+# models ----------------------------------------------------------------------------------
+def _models_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table("name", "task", "latest", "aliases", "description")
+    for m in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
+        t.add_row(m["name"], m["task"], str(m["latest_version"] or "-"), aliases, m["description"][:60])
+    return t
+
+
+@models_app.command("list")
+def models_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """List the project's models."""
+    with handled():
+        rows = client(url, api_key).list_models()
+        emit_json(rows) if as_json else out.print(_models_table(rows))
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str]:
+    parsed = {}
+    for t in tags:
+        key, sep, value = t.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"tag {t!r} must look like key=value", param_hint="--tag")
+        parsed[key] = value
+    return parsed
+
+
+@models_app.command("create")
+def models_create(
+    name: str,
+    task: Annotated[str, typer.Option(help="tensor, tabular-classification, embeddings, …")] = "tensor",
+    description: Annotated[str, typer.Option()] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="key=value; repeat for more.")] = None,
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create an empty model."""
+    tags = _parse_tags(tag or [])
+    with handled():
+        m = client(url, api_key).create_model(name, task=task, description=description, tags=tags)
+        emit_json(m) if as_json else out.print(f"created model [bold]{m['name']}[/] ({m['task']})")
+
+
+@models_app.command("show")
+def models_show(name: str, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a model with its versions and aliases."""
+    with handled():
+        m = client(url, api_key).get_model(name)
+        if as_json:
+            emit_json(m)
+            return
+        out.print(f"[bold]{m['name']}[/] ({m['task']}) {m['description']}")
+        t = Table("version", "format", "size", "digest", "aliases", "inputs", "outputs", "created")
+        for v in m["version_list"]:
+            sig = v["signature"]
+            t.add_row(str(v["version"]), v["format"], _size(v["size"]), v["digest"][7:19],
+                      ", ".join(v["aliases"]), _tensors(sig.get("inputs", [])),
+                      _tensors(sig.get("outputs", [])), str(v["created_at"])[:19])
+        out.print(t)
+
+
+def _tensors(items: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{i['name']} {i['datatype']} {i['shape']}" for i in items)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+@models_app.command("push")
+def models_push(
+    name: str,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    description: Annotated[str, typer.Option()] = "",
+    task: Annotated[str, typer.Option(help="Task, when the model is created by this push.")] = "tensor",
+    create: Annotated[bool, typer.Option(help="Create the model if it does not exist.")] = True,
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Upload a model file as the model's next version (with a progress bar)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from modelworks.errors import NotFound
+
+    with handled():
+        c = client(url, api_key)
+        try:
+            c.get_model(name)
+        except NotFound:
+            if not create:
+                raise
+            c.create_model(name, task=task)
+            if not as_json:
+                err.print(f"created model [bold]{name}[/]")
+        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=err, transient=True,
+                      disable=as_json or not err.is_terminal) as bar:
+            job = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
+            v = c.push(name, file, description=description,
+                       progress=lambda sent, _total: bar.update(job, completed=sent))
+        if as_json:
+            emit_json(v)
+        else:
+            out.print(f"pushed [bold]{name}[/] version {v['version']} ({v['format']}, "
+                      f"{_size(v['size'])}, {v['digest'][:19]}…)")
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str, alias: str,
+    version: Annotated[int | None, typer.Argument(help="Version to point the alias at.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Point an alias (e.g. production) at a version, or remove it with --delete."""
+    if (version is None) == (not delete):
+        raise typer.BadParameter("give a VERSION, or --delete to remove the alias")
+    with handled():
+        c = client(url, api_key)
+        if delete:
+            r = c.delete_alias(name, alias)
+            emit_json(r) if as_json else out.print(f"removed alias {name}:{alias}")
+        else:
+            assert version is not None
+            r = c.set_alias(name, alias, version)
+            emit_json(r) if as_json else out.print(f"{name}:{alias} → version {r['version']}")
+
+
+@models_app.command("delete")
+def models_delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Delete a model with all its versions and aliases."""
+    if not yes and not typer.confirm(f"delete model {name!r} and all its versions?"):
+        raise typer.Exit(1)
+    with handled():
+        r = client(url, api_key).delete_model(name)
+        emit_json(r) if as_json else out.print(f"deleted model {name}")
+
+
+# keys ------------------------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, owner, developer, viewer or invoker.")] = "developer",
+    name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
+    expires_at: Annotated[str | None, typer.Option(help="ISO 8601 time when the key stops working.")] = None,
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create an API key; the secret is printed once."""
+    with handled():
+        k = client(url, api_key).create_key(role=role, name=name, expires_at=expires_at)
+        if as_json:
+            emit_json(k)
+        else:
+            err.print(f"created {k['role']} key {k['id']} ({k['prefix']}…); the secret, shown once:")
+            print(k["key"])
+
+
+@keys_app.command("list")
+def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """List API keys (prefixes only; secrets are never shown again)."""
+    with handled():
+        rows = client(url, api_key).list_keys()
+        if as_json:
+            emit_json(rows)
+            return
+        t = Table("id", "prefix", "name", "role", "project", "created", "expires", "revoked")
+        for k in rows:
+            t.add_row(str(k["id"]), k["prefix"] + "…", k["name"], k["role"], k["project"],
+                      str(k["created_at"])[:19], str(k["expires_at"] or "")[:19],
+                      str(k["revoked_at"] or "")[:19])
+        out.print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Revoke a key by id; it stops working at once."""
+    with handled():
+        k = client(url, api_key).revoke_key(key_id)
+        emit_json(k) if as_json else out.print(f"revoked key {k['id']} ({k['prefix']}…)")
+
+
+# inference -------------------------------------------------------------------------------
+@app.command()
+def infer(
+    model: Annotated[str, typer.Argument(help="name, name:alias or name:VERSION")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=JSON, e.g. x='[[1,2]]'; repeat per input.")],
+    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Call a model over the Open Inference Protocol and print its outputs."""
+    feeds: dict[str, Any] = {}
+    for item in input:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} must look like NAME=JSON", param_hint="--input")
+        try:
+            feeds[key] = json.loads(raw)
+        except ValueError:
+            raise typer.BadParameter(f"the value of {key!r} is not valid JSON", param_hint="--input") from None
+    with handled():
+        result = client(url, api_key).infer(model, feeds)
+        plain = {k: v.tolist() for k, v in result.items()}
+        if as_json:
+            emit_json(plain)
+        else:
+            t = Table("output", "shape", "values")
+            for k, v in result.items():
+                t.add_row(k, str(list(v.shape)), json.dumps(plain[k])[:200])
+            out.print(t)
+
+
+def main(argv: list[str] | None = None) -> Callable[..., Any] | None:
+    app(args=argv)
+    return None

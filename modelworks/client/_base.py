@@ -1,0 +1,241 @@
+"""What the sync and async clients share: configuration, the calls, and error mapping.
+
+Every endpoint is written once, as a `Call` (method, path, body, how to read the answer);
+`Client` runs calls with httpx.Client, `AsyncClient` with httpx.AsyncClient.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from modelworks.errors import ModelworksError, error_from_envelope
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+Progress = Callable[[int, int], None]
+
+
+class ServerUnreachable(ModelworksError):
+    status = 503
+    code = "server_unreachable"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    files: Any = None
+    data: Mapping[str, Any] | None = None
+    timeout: httpx.Timeout | None = None
+    parse: Callable[[Any], Any] = field(default=lambda body: body)
+    on_done: Callable[[], None] | None = None
+
+
+def _seg(value: str | int) -> str:
+    return quote(str(value), safe="")
+
+
+class _ProgressFile:
+    """A file wrapper that reports bytes read, so uploads can show a progress bar."""
+
+    def __init__(self, path: Path, progress: Progress | None) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by Call.on_done
+        self.total = path.stat().st_size
+        self.sent = 0
+        self.progress = progress
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self.sent += len(chunk)
+        if self.progress is not None:
+            self.progress(self.sent, self.total)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class Endpoints:
+    """Each method builds a call; the concrete client executes it (sync or async)."""
+
+    url: str
+    _signatures: dict[str, dict[str, Any]]
+
+    def _execute(self, call: Call) -> Any:
+        raise NotImplementedError
+
+    # server ------------------------------------------------------------------------------
+    def health(self) -> Any:
+        """`/readyz`: `{"status": "ok"}` when the server and its database answer."""
+        return self._execute(Call("GET", "/readyz"))
+
+    # models ------------------------------------------------------------------------------
+    def list_models(self) -> Any:
+        """All models of the key's project, with their latest version and aliases."""
+        return self._execute(Call("GET", "/api/v1/models"))
+
+    def create_model(self, name: str, *, task: str = "tensor", description: str = "",
+                     tags: Mapping[str, str] | None = None) -> Any:
+        """Create an empty model; push versions into it with `push`."""
+        body = {"name": name, "task": task, "description": description, "tags": dict(tags or {})}
+        return self._execute(Call("POST", "/api/v1/models", json=body))
+
+    def get_model(self, name: str) -> Any:
+        """A model with its versions (`version_list`) and aliases."""
+        return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}"))
+
+    def update_model(self, name: str, *, task: str | None = None, description: str | None = None,
+                     tags: Mapping[str, str] | None = None) -> Any:
+        """Change a model's task, description or tags (versions are immutable)."""
+        body = {k: v for k, v in {"task": task, "description": description,
+                                  "tags": dict(tags) if tags is not None else None}.items()
+                if v is not None}
+        return self._execute(Call("PATCH", f"/api/v1/models/{_seg(name)}", json=body))
+
+    def delete_model(self, name: str) -> Any:
+        """Delete a model with all its versions and aliases."""
+        return self._execute(Call("DELETE", f"/api/v1/models/{_seg(name)}"))
+
+    # versions ----------------------------------------------------------------------------
+    def push(self, name: str, path: str | os.PathLike[str], *, description: str = "",
+             progress: Progress | None = None) -> Any:
+        """Upload a model file (ONNX) as the model's next version; returns the version."""
+        wrapped = _ProgressFile(Path(path), progress)
+        return self._execute(Call(
+            "POST", f"/api/v1/models/{_seg(name)}/versions",
+            files={"file": (Path(path).name, wrapped, "application/octet-stream")},
+            data={"description": description} if description else None,
+            timeout=UPLOAD_TIMEOUT, on_done=wrapped.close,
+        ))
+
+    def list_versions(self, name: str) -> Any:
+        return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions"))
+
+    def get_version(self, name: str, version: int) -> Any:
+        return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions/{int(version)}"))
+
+    # aliases -----------------------------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: int) -> Any:
+        """Point `alias` at `version` (creates or moves it): how a version is promoted."""
+        return self._execute(Call("PUT", f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}",
+                                  json={"version": int(version)}))
+
+    def delete_alias(self, name: str, alias: str) -> Any:
+        return self._execute(Call("DELETE", f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}"))
+
+    # keys --------------------------------------------------------------------------------
+    def create_key(self, *, role: str = "developer", name: str = "",
+                   expires_at: str | None = None) -> Any:
+        """Create an API key; the secret is in the answer's `key` field, shown this once."""
+        body: dict[str, Any] = {"role": role, "name": name}
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        return self._execute(Call("POST", "/api/v1/keys", json=body))
+
+    def list_keys(self) -> Any:
+        return self._execute(Call("GET", "/api/v1/keys"))
+
+    def revoke_key(self, key_id: int) -> Any:
+        """Revoke a key; it stops working at once."""
+        return self._execute(Call("DELETE", f"/api/v1/keys/{int(key_id)}"))
+
+    # inference ---------------------------------------------------------------------------
+    def model_metadata(self, model: str) -> Any:
+        """Open Inference Protocol metadata: input and output names, datatypes, shapes."""
+        return self._execute(Call("GET", f"/v2/models/{_seg(model)}"))
+
+    def infer(self, model: str, inputs: Mapping[str, Any], *, outputs: list[str] | None = None,
+              signature: Mapping[str, Any] | None = None) -> Any:
+        """Run `model` (`name`, `name:alias` or `name:3`) on named inputs over OIP v2 JSON.
+
+        Inputs may be numpy arrays or nested lists; lists are cast to the datatype the model
+        declares (pass `signature` from `model_metadata` to skip that lookup). Returns a dict
+        of output name -> numpy array.
+        """
+        if signature is None:
+            if model not in self._signatures:
+                return self._execute(Call("GET", f"/v2/models/{_seg(model)}", parse=lambda md: (
+                    self._signatures.__setitem__(model, md), self.infer(model, inputs, outputs=outputs,
+                                                                        signature=md))[1]))
+            signature = self._signatures[model]
+        body = encode_infer(inputs, outputs, signature)
+        return self._execute(Call("POST", f"/v2/models/{_seg(model)}/infer", json=body,
+                                  parse=decode_infer))
+
+
+def encode_infer(inputs: Mapping[str, Any], outputs: list[str] | None,
+                 signature: Mapping[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    from modelworks.tensors import NUMPY_TYPES, datatype_of
+
+    declared = {i["name"]: i for i in signature.get("inputs", [])}
+    items = []
+    for name, value in inputs.items():
+        spec = declared.get(name)
+        if isinstance(value, np.ndarray):
+            arr = value
+        elif spec is not None and spec["datatype"] in NUMPY_TYPES:
+            arr = np.asarray(value, dtype=NUMPY_TYPES[spec["datatype"]])
+        else:
+            arr = np.asarray(value)
+        datatype = datatype_of(arr)
+        data = ([x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+                if datatype == "BYTES" else arr.reshape(-1).tolist())
+        items.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data})
+    body: dict[str, Any] = {"inputs": items}
+    if outputs:
+        body["outputs"] = [{"name": o} for o in outputs]
+    return body
+
+
+def decode_infer(body: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from modelworks.tensors import NUMPY_TYPES
+
+    out = {}
+    for o in body.get("outputs", []):
+        dtype = NUMPY_TYPES.get(o["datatype"], np.float32)
+        out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
+    return out
+
+
+def resolve_config(url: str | None, api_key: str | None) -> tuple[str, str | None]:
+    url = url or os.environ.get("MODELWORKS_URL") or DEFAULT_URL
+    api_key = api_key if api_key is not None else os.environ.get("MODELWORKS_API_KEY")
+    return url.rstrip("/"), api_key or None
+
+
+def raise_for(response: httpx.Response) -> Any:
+    """The parsed JSON body, or the server's error rebuilt as its exception class."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        raise error_from_envelope(response.status_code, body)
+    return body
+
+
+def unreachable(url: str, exc: Exception) -> ServerUnreachable:
+    return ServerUnreachable(
+        f"cannot reach the Modelworks server at {url} ({type(exc).__name__}); start it with "
+        "`modelworks serve` or point MODELWORKS_URL at it"
+    )

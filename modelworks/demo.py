@@ -1,0 +1,76 @@
+"""The demo model `make serve` registers: predictive maintenance for a pump.
+
+A logistic model over four normalised sensor readings (bearing temperature, vibration RMS,
+discharge pressure, motor current) giving the probability of a failure within 24 hours.
+Weights are fixed, so the README's example output is reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+DEMO_MODEL = "pump-failure"
+SENSORS = ("bearing_temp", "vibration_rms", "discharge_pressure", "motor_current")
+WEIGHTS = (2.5, 3.0, -1.0, 1.5)
+BIAS = -3.0
+
+log = logging.getLogger("modelworks.demo")
+
+
+def build_demo_onnx(path: Path) -> Path:
+    """Write the demo model: sensors FP32 [-1, 4] -> failure_probability FP32 [-1, 1]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array(WEIGHTS, dtype=np.float32).reshape(4, 1), "weights")
+    b = numpy_helper.from_array(np.array([BIAS], dtype=np.float32), "bias")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["sensors", "weights"], ["logit_raw"]),
+            helper.make_node("Add", ["logit_raw", "bias"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["failure_probability"]),
+        ],
+        "pump_failure",
+        [helper.make_tensor_value_info("sensors", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("failure_probability", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="modelworks-demo")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def ensure_demo(services: object) -> bool:
+    """Register the demo model (alias `production` -> 1) unless it exists. True if created."""
+    from modelworks.api.services import Services
+    from modelworks.errors import NotFound
+    from modelworks.registry.formats import inspect_onnx
+
+    assert isinstance(services, Services)
+    reg = services.registry
+    pid = services.default_project_id
+    try:
+        reg.get_model(pid, DEMO_MODEL)
+        return False
+    except NotFound:
+        pass
+    reg.create_model(pid, DEMO_MODEL, task="tabular-classification",
+                     description="Demo: probability that a pump fails within 24 h, from 4 sensors.",
+                     tags={"domain": "predictive-maintenance", "demo": "true"},
+                     created_by="modelworks demo")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_demo_onnx(Path(tmp) / "pump-failure.onnx")
+        signature = inspect_onnx(path)
+        blob = services.store.put_file(path, services.settings.max_upload_bytes)
+    reg.add_version(pid, DEMO_MODEL, blob, format="onnx", signature=signature,
+                    description="logistic model, fixed weights", created_by="modelworks demo",
+                    lineage={"source": "demo"})
+    reg.set_alias(pid, DEMO_MODEL, "production", 1)
+    log.info("registered demo model %s", DEMO_MODEL)
+    return True

@@ -1,0 +1,141 @@
+"""The one exception tree. Each error knows its HTTP status and a stable `code`.
+
+    ModelworksError
+    ├── BadRequest (400)           ── InvalidInput (400)
+    ├── Unauthorized (401)
+    ├── Forbidden (403)
+    ├── NotFound (404)
+    ├── Conflict (409)
+    ├── PayloadTooLarge (413)
+    ├── UnsupportedFormat (415)
+    ├── ValidationFailed (422)
+    ├── TooManyRequests (429)
+    ├── ServiceUnavailable (503)
+    └── InternalError (500)
+
+The API turns these into one JSON envelope in one place; the SDK maps envelopes back to the
+same classes by `code`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ModelworksError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(ModelworksError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidInput(BadRequest):
+    """An inference input does not match the model's signature."""
+
+    code = "invalid_input"
+
+
+class Unauthorized(ModelworksError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ModelworksError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ModelworksError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ModelworksError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ModelworksError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedFormat(ModelworksError):
+    status = 415
+    code = "unsupported_format"
+
+
+class ValidationFailed(ModelworksError):
+    status = 422
+    code = "validation_failed"
+
+
+class TooManyRequests(ModelworksError):
+    status = 429
+    code = "too_many_requests"
+
+
+class ServiceUnavailable(ModelworksError):
+    status = 503
+    code = "service_unavailable"
+
+
+class InternalError(ModelworksError):
+    status = 500
+    code = "internal_error"
+
+
+ERRORS_BY_CODE: dict[str, type[ModelworksError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        InvalidInput,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedFormat,
+        ValidationFailed,
+        TooManyRequests,
+        ServiceUnavailable,
+        InternalError,
+    )
+}
+ERRORS_BY_STATUS: dict[int, type[ModelworksError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedFormat,
+    422: ValidationFailed,
+    429: TooManyRequests,
+    503: ServiceUnavailable,
+}
+
+
+def error_from_envelope(status: int, body: Any) -> ModelworksError:
+    """Rebuild the exception a server sent (used by the SDK)."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        cls = ERRORS_BY_CODE.get(str(err.get("code")), ERRORS_BY_STATUS.get(status, ModelworksError))
+        return cls(str(err.get("message", "")), details=err.get("details") or None)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):  # protocol routes
+        return ERRORS_BY_STATUS.get(status, ModelworksError)(body["error"])
+    return ERRORS_BY_STATUS.get(status, ModelworksError)(f"server answered HTTP {status}")

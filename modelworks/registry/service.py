@@ -1,0 +1,253 @@
+"""Registry operations on models, versions and aliases, one transaction each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from modelworks.db.tables import Alias, Model, ModelVersion, Project
+from modelworks.errors import Conflict, NotFound, ValidationFailed
+from modelworks.names import AliasName, ModelName
+from modelworks.store import ArtifactStore, Blob
+
+DEFAULT_ALIAS = "production"
+TASKS = (
+    "tensor",
+    "tabular-classification",
+    "tabular-regression",
+    "text-classification",
+    "embeddings",
+    "image-classification",
+)
+
+
+def parse_model_ref(ref: str) -> tuple[ModelName, str | None]:
+    """`name`, `name:alias` or `name:3` -> (name, alias-or-version or None)."""
+    name, sep, selector = ref.partition(":")
+    if sep and not selector:
+        raise ValidationFailed(f"model reference {ref!r} has an empty version or alias after ':'")
+    return ModelName(name), (selector or None)
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValidationFailed(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
+    return task
+
+
+class Registry:
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore) -> None:
+        self.sessions = sessions
+        self.store = store
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self.sessions.begin() as s:
+            yield s
+
+    # projects ---------------------------------------------------------------------------
+    def project_id(self, name: str) -> int:
+        with self.sessions() as s:
+            pid = s.scalar(select(Project.id).where(Project.name == name))
+        if pid is None:
+            raise NotFound(f"project {name!r} not found")
+        return pid
+
+    # models -----------------------------------------------------------------------------
+    @staticmethod
+    def _model(s: Session, project_id: int, name: str, *, load: bool = False) -> Model:
+        q = select(Model).where(Model.project_id == project_id, Model.name == name)
+        if load:
+            q = q.options(selectinload(Model.versions), selectinload(Model.aliases).joinedload(Alias.target))
+        m = s.scalar(q)
+        if m is None:
+            raise NotFound(
+                f"model {name!r} not found; list models with `modelworks models list`",
+                details={"model": name},
+            )
+        return m
+
+    def create_model(
+        self, project_id: int, name: str, *, task: str = "tensor", description: str = "",
+        tags: dict[str, Any] | None = None, created_by: str = "",
+    ) -> Model:
+        name = ModelName(name)
+        check_task(task)
+        try:
+            with self._tx() as s:
+                m = Model(project_id=project_id, name=name, task=task, description=description,
+                          tags=tags or {}, created_by=created_by)
+                s.add(m)
+                s.flush()
+        except IntegrityError:
+            raise Conflict(
+                f"model {name!r} already exists; push a new version with "
+                f"`modelworks models push {name} FILE`",
+                details={"model": name},
+            ) from None
+        return self.get_model(project_id, name)
+
+    def list_models(self, project_id: int) -> list[Model]:
+        with self.sessions() as s:
+            q = (
+                select(Model)
+                .where(Model.project_id == project_id)
+                .options(selectinload(Model.versions), selectinload(Model.aliases).joinedload(Alias.target))
+                .order_by(Model.name)
+            )
+            return list(s.scalars(q))
+
+    def get_model(self, project_id: int, name: str) -> Model:
+        with self.sessions() as s:
+            return self._model(s, project_id, ModelName(name), load=True)
+
+    def update_model(self, project_id: int, name: str, changes: dict[str, Any]) -> Model:
+        if "task" in changes and changes["task"] is not None:
+            check_task(changes["task"])
+        with self._tx() as s:
+            m = self._model(s, project_id, ModelName(name))
+            for key in ("description", "tags", "task"):
+                if changes.get(key) is not None:
+                    setattr(m, key, changes[key])
+        return self.get_model(project_id, name)
+
+    def delete_model(self, project_id: int, name: str) -> list[str]:
+        """Delete a model with its versions and aliases; returns blobs no longer referenced."""
+        with self._tx() as s:
+            m = self._model(s, project_id, ModelName(name), load=True)
+            digests = {v.digest for v in m.versions}
+            s.delete(m)
+        return self._collect(digests)
+
+    def _collect(self, digests: set[str]) -> list[str]:
+        freed = []
+        with self.sessions() as s:
+            for d in sorted(digests):
+                if s.scalar(select(func.count()).where(ModelVersion.digest == d)) == 0:
+                    self.store.delete(d)
+                    freed.append(d)
+        return freed
+
+    # versions ---------------------------------------------------------------------------
+    def add_version(
+        self, project_id: int, name: str, blob: Blob, *, format: str, signature: dict[str, Any],
+        description: str = "", created_by: str = "", metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Register a stored blob as the model's next version (numbers never collide)."""
+        for _attempt in range(20):
+            try:
+                with self._tx() as s:
+                    m = self._model(s, project_id, ModelName(name))
+                    last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == m.id))
+                    v = ModelVersion(
+                        model_id=m.id, version=(last or 0) + 1, format=format, digest=blob.digest,
+                        size=blob.size, signature=signature, description=description,
+                        created_by=created_by, metrics=metrics or {}, lineage=lineage or {},
+                    )
+                    s.add(v)
+                    s.flush()
+                    s.expunge(v)
+                return v
+            except IntegrityError:
+                continue  # another upload took this number: take the next one
+            except NotFound:
+                self._collect({blob.digest})
+                raise
+        self._collect({blob.digest})
+        raise Conflict("too many concurrent uploads to this model; retry the upload")
+
+    def list_versions(self, project_id: int, name: str) -> list[ModelVersion]:
+        return self.get_model(project_id, name).versions
+
+    def get_version(self, project_id: int, name: str, version: int) -> ModelVersion:
+        with self.sessions() as s:
+            m = self._model(s, project_id, ModelName(name))
+            v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.version == version))
+            if v is None:
+                raise NotFound(
+                    f"model {name!r} has no version {version}; list them with "
+                    f"`modelworks models show {name}`",
+                    details={"model": name, "version": version},
+                )
+            return v
+
+    def resolve(self, project_id: int, name: str, selector: str | None = None) -> tuple[Model, ModelVersion]:
+        """Which version serves `name[:selector]`.
+
+        No selector: the `production` alias if set, else the latest version.
+        Digits: that version number. Anything else: that alias.
+        """
+        with self.sessions() as s:
+            m = self._model(s, project_id, ModelName(name))
+            if selector is not None and selector.isdigit():
+                v = s.scalar(select(ModelVersion).where(
+                    ModelVersion.model_id == m.id, ModelVersion.version == int(selector)))
+                if v is None:
+                    raise NotFound(f"model {name!r} has no version {selector}",
+                                   details={"model": name, "version": selector})
+                return m, v
+            alias_name = selector if selector is not None else DEFAULT_ALIAS
+            v = s.scalar(select(ModelVersion).join(Alias, Alias.version_id == ModelVersion.id)
+                         .where(Alias.model_id == m.id, Alias.name == alias_name))
+            if v is not None:
+                return m, v
+            if selector is not None:
+                raise NotFound(
+                    f"model {name!r} has no alias {selector!r}; set one with "
+                    f"`modelworks models alias {name} {selector} VERSION`",
+                    details={"model": name, "alias": selector},
+                )
+            v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id)
+                         .order_by(ModelVersion.version.desc()).limit(1))
+            if v is None:
+                raise NotFound(
+                    f"model {name!r} has no versions yet; upload one with "
+                    f"`modelworks models push {name} model.onnx`",
+                    details={"model": name},
+                )
+            return m, v
+
+    # aliases ----------------------------------------------------------------------------
+    def set_alias(self, project_id: int, name: str, alias: str, version: int) -> Alias:
+        alias = AliasName(alias)
+        for _attempt in range(5):
+            try:
+                with self._tx() as s:
+                    m = self._model(s, project_id, ModelName(name))
+                    v = s.scalar(select(ModelVersion).where(
+                        ModelVersion.model_id == m.id, ModelVersion.version == version))
+                    if v is None:
+                        raise NotFound(
+                            f"model {name!r} has no version {version}; list them with "
+                            f"`modelworks models show {name}`",
+                            details={"model": name, "version": version},
+                        )
+                    a = s.scalar(select(Alias).where(Alias.model_id == m.id, Alias.name == alias))
+                    if a is None:
+                        a = Alias(model_id=m.id, name=alias, version_id=v.id)
+                        s.add(a)
+                    else:
+                        a.version_id = v.id
+                    s.flush()
+                    s.refresh(a, ["target"])
+                    s.expunge_all()
+                    return a
+            except IntegrityError:
+                continue
+        raise Conflict(f"alias {alias!r} is being changed concurrently; retry")
+
+    def delete_alias(self, project_id: int, name: str, alias: str) -> None:
+        alias = AliasName(alias)
+        with self._tx() as s:
+            m = self._model(s, project_id, ModelName(name))
+            a = s.scalar(select(Alias).where(Alias.model_id == m.id, Alias.name == alias))
+            if a is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}",
+                               details={"model": name, "alias": alias})
+            s.delete(a)

@@ -1,0 +1,72 @@
+"""Every setting, declared once: name, type, default and help. Read once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.modelworks")
+
+
+class Settings(BaseSettings):
+    """Server settings. Each field is read from `MODELWORKS_<NAME>`; CLI flags override."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELWORKS_", extra="ignore", frozen=True)
+
+    home: Path = Field(
+        DEFAULT_HOME,
+        description="Data home: holds the SQLite database and the artifact folder by default.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the registry database. Empty: SQLite file in the home.",
+    )
+    store_url: str = Field(
+        "",
+        description="Artifact store: a folder or any fsspec URL. Empty: `artifacts/` in the home.",
+    )
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the server binds.")
+    auth: bool = Field(
+        True, description="Require an API key on every route but health (refused off on a public bind)."
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Largest model file accepted by an upload, in bytes."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024**2, gt=0, description="Largest inference request body, in bytes."
+    )
+    max_tensor_elements: int = Field(
+        16 * 1024**2, gt=0, description="Most elements one inference tensor may hold."
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="Intra-op threads per ONNX Runtime session. 0: one per core."
+    )
+    log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
+
+    @model_validator(mode="after")
+    def _expand_home(self) -> Settings:
+        object.__setattr__(self, "home", self.home.expanduser())
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'modelworks.db'}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or str(self.home / "artifacts")
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(env var, type, default, help) for every setting: the README table is checked against it."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        ann = field.annotation
+        type_name = getattr(ann, "__name__", str(ann))
+        default = field.default
+        shown = "" if default == "" else str(default)
+        rows.append((f"MODELWORKS_{name.upper()}", type_name, shown, field.description or ""))
+    return rows
