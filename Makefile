@@ -1,0 +1,37 @@
+# One task runner. `make serve` and `make test` work from a clean clone with Python 3.11.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# stamps re-run the install whenever pyproject.toml changes
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[server]'
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve  ## start the server on 127.0.0.1:8000 with the demo model
+	$(BIN)/modelworks serve --demo
+
+test: $(VENV)/.dev  ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev  ## ruff and mypy
+	$(BIN)/ruff check modelworks tests benchmarks
+	$(BIN)/ruff format --check modelworks tests benchmarks
+	$(BIN)/mypy
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format modelworks tests benchmarks
+	$(BIN)/ruff check --fix modelworks tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
