@@ -20,8 +20,12 @@ from rich.table import Table
 from modelworks import __version__
 from modelworks.errors import ModelworksError
 
-app = typer.Typer(help="Modelworks: register, serve and meter models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Modelworks: register, serve and meter models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 models_app = typer.Typer(help="Models, versions and aliases.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -32,10 +36,18 @@ app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="MODELWORKS_URL",
-                                            help="Server URL [default: http://127.0.0.1:8000].")]
-KeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="MODELWORKS_API_KEY",
-                                            help="API key (mw_…).", show_default=False)]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", envvar="MODELWORKS_URL", help="Server URL [default: http://127.0.0.1:8000]."
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key", envvar="MODELWORKS_API_KEY", help="API key (mw_…).", show_default=False
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -88,16 +100,23 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
     home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
-    demo: Annotated[bool, typer.Option("--demo", help="Register the demo model if missing.")] = False,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys (loopback only).")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Register the demo model if missing.")
+    ] = False,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys (loopback only).")
+    ] = False,
 ) -> None:
     """Apply migrations and start the server (prints the admin key on first start)."""
     with handled():
         settings = _settings(host=host, port=port, home=home, auth=False if no_auth else None)
         if not settings.auth and not _is_loopback(settings.host):
-            fail(f"refusing to serve {settings.host} without auth: anyone on the network could "
-                 "upload and run models. Drop --no-auth (or MODELWORKS_AUTH=false), or bind 127.0.0.1.",
-                 code=2)
+            fail(
+                f"refusing to serve {settings.host} without auth: anyone on the network could "
+                "upload and run models. Drop --no-auth (or MODELWORKS_AUTH=false), "
+                "or bind 127.0.0.1.",
+                code=2,
+            )
         import uvicorn
 
         from modelworks.api.app import create_app
@@ -110,7 +129,9 @@ def serve(
         if settings.auth:
             secret = services.keys.bootstrap_admin()
             if secret:
-                err.print("[bold green]Admin API key[/] (shown once; store it now):", highlight=False)
+                err.print(
+                    "[bold green]Admin API key[/] (shown once; store it now):", highlight=False
+                )
                 print(secret, flush=True)
                 err.print(f"  export MODELWORKS_API_KEY={secret}", highlight=False)
         else:
@@ -120,14 +141,22 @@ def serve(
 
             if ensure_demo(services):
                 err.print(f"registered the demo model [bold]{DEMO_MODEL}[/]")
-        uvicorn.run(create_app(settings, services), host=settings.host, port=settings.port,
-                    log_level=settings.log_level, access_log=False, server_header=False)
+        uvicorn.run(
+            create_app(settings, services),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            server_header=False,
+        )
 
 
 @db_app.command("upgrade")
 def db_upgrade(
     home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
-    database_url: Annotated[str | None, typer.Option(help="Database URL (overrides the setting).")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL (overrides the setting).")
+    ] = None,
 ) -> None:
     """Apply database migrations up to the newest."""
     with handled():
@@ -149,7 +178,9 @@ def _models_table(rows: list[dict[str, Any]]) -> Table:
     t = Table("name", "task", "latest", "aliases", "description")
     for m in rows:
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m["aliases"].items()))
-        t.add_row(m["name"], m["task"], str(m["latest_version"] or "-"), aliases, m["description"][:60])
+        t.add_row(
+            m["name"], m["task"], str(m["latest_version"] or "-"), aliases, m["description"][:60]
+        )
     return t
 
 
@@ -174,10 +205,14 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 @models_app.command("create")
 def models_create(
     name: str,
-    task: Annotated[str, typer.Option(help="tensor, tabular-classification, embeddings, …")] = "tensor",
+    task: Annotated[
+        str, typer.Option(help="tensor, tabular-classification, embeddings, …")
+    ] = "tensor",
     description: Annotated[str, typer.Option()] = "",
     tag: Annotated[list[str] | None, typer.Option(help="key=value; repeat for more.")] = None,
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create an empty model."""
     tags = _parse_tags(tag or [])
@@ -187,7 +222,9 @@ def models_create(
 
 
 @models_app.command("show")
-def models_show(name: str, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+def models_show(
+    name: str, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Show a model with its versions and aliases."""
     with handled():
         m = client(url, api_key).get_model(name)
@@ -198,9 +235,16 @@ def models_show(name: str, url: UrlOpt = None, api_key: KeyOpt = None, as_json: 
         t = Table("version", "format", "size", "digest", "aliases", "inputs", "outputs", "created")
         for v in m["version_list"]:
             sig = v["signature"]
-            t.add_row(str(v["version"]), v["format"], _size(v["size"]), v["digest"][7:19],
-                      ", ".join(v["aliases"]), _tensors(sig.get("inputs", [])),
-                      _tensors(sig.get("outputs", [])), str(v["created_at"])[:19])
+            t.add_row(
+                str(v["version"]),
+                v["format"],
+                _size(v["size"]),
+                v["digest"][7:19],
+                ", ".join(v["aliases"]),
+                _tensors(sig.get("inputs", [])),
+                _tensors(sig.get("outputs", [])),
+                str(v["created_at"])[:19],
+            )
         out.print(t)
 
 
@@ -222,9 +266,13 @@ def models_push(
     name: str,
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     description: Annotated[str, typer.Option()] = "",
-    task: Annotated[str, typer.Option(help="Task, when the model is created by this push.")] = "tensor",
+    task: Annotated[
+        str, typer.Option(help="Task, when the model is created by this push.")
+    ] = "tensor",
     create: Annotated[bool, typer.Option(help="Create the model if it does not exist.")] = True,
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Upload a model file as the model's next version (with a progress bar)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -241,25 +289,40 @@ def models_push(
             c.create_model(name, task=task)
             if not as_json:
                 err.print(f"created model [bold]{name}[/]")
-        with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                      TransferSpeedColumn(), console=err, transient=True,
-                      disable=as_json or not err.is_terminal) as bar:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        ) as bar:
             job = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
-            v = c.push(name, file, description=description,
-                       progress=lambda sent, _total: bar.update(job, completed=sent))
+            v = c.push(
+                name,
+                file,
+                description=description,
+                progress=lambda sent, _total: bar.update(job, completed=sent),
+            )
         if as_json:
             emit_json(v)
         else:
-            out.print(f"pushed [bold]{name}[/] version {v['version']} ({v['format']}, "
-                      f"{_size(v['size'])}, {v['digest'][:19]}…)")
+            out.print(
+                f"pushed [bold]{name}[/] version {v['version']} ({v['format']}, "
+                f"{_size(v['size'])}, {v['digest'][:19]}…)"
+            )
 
 
 @models_app.command("alias")
 def models_alias(
-    name: str, alias: str,
+    name: str,
+    alias: str,
     version: Annotated[int | None, typer.Argument(help="Version to point the alias at.")] = None,
     delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Point an alias (e.g. production) at a version, or remove it with --delete."""
     if (version is None) == (not delete):
@@ -279,7 +342,9 @@ def models_alias(
 def models_delete(
     name: str,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete a model with all its versions and aliases."""
     if not yes and not typer.confirm(f"delete model {name!r} and all its versions?"):
@@ -292,10 +357,16 @@ def models_delete(
 # keys ------------------------------------------------------------------------------------
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option(help="admin, owner, developer, viewer or invoker.")] = "developer",
+    role: Annotated[
+        str, typer.Option(help="admin, owner, developer, viewer or invoker.")
+    ] = "developer",
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
-    expires_at: Annotated[str | None, typer.Option(help="ISO 8601 time when the key stops working.")] = None,
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601 time when the key stops working.")
+    ] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create an API key; the secret is printed once."""
     with handled():
@@ -303,7 +374,9 @@ def keys_create(
         if as_json:
             emit_json(k)
         else:
-            err.print(f"created {k['role']} key {k['id']} ({k['prefix']}…); the secret, shown once:")
+            err.print(
+                f"created {k['role']} key {k['id']} ({k['prefix']}…); the secret, shown once:"
+            )
             print(k["key"])
 
 
@@ -317,14 +390,23 @@ def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = Fal
             return
         t = Table("id", "prefix", "name", "role", "project", "created", "expires", "revoked")
         for k in rows:
-            t.add_row(str(k["id"]), k["prefix"] + "…", k["name"], k["role"], k["project"],
-                      str(k["created_at"])[:19], str(k["expires_at"] or "")[:19],
-                      str(k["revoked_at"] or "")[:19])
+            t.add_row(
+                str(k["id"]),
+                k["prefix"] + "…",
+                k["name"],
+                k["role"],
+                k["project"],
+                str(k["created_at"])[:19],
+                str(k["expires_at"] or "")[:19],
+                str(k["revoked_at"] or "")[:19],
+            )
         out.print(t)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+def keys_revoke(
+    key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
     """Revoke a key by id; it stops working at once."""
     with handled():
         k = client(url, api_key).revoke_key(key_id)
@@ -335,8 +417,13 @@ def keys_revoke(key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json
 @app.command()
 def infer(
     model: Annotated[str, typer.Argument(help="name, name:alias or name:VERSION")],
-    input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=JSON, e.g. x='[[1,2]]'; repeat per input.")],
-    url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False,
+    input: Annotated[
+        list[str],
+        typer.Option("--input", "-i", help="NAME=JSON, e.g. x='[[1,2]]'; repeat per input."),
+    ],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Call a model over the Open Inference Protocol and print its outputs."""
     feeds: dict[str, Any] = {}
@@ -347,7 +434,9 @@ def infer(
         try:
             feeds[key] = json.loads(raw)
         except ValueError:
-            raise typer.BadParameter(f"the value of {key!r} is not valid JSON", param_hint="--input") from None
+            raise typer.BadParameter(
+                f"the value of {key!r} is not valid JSON", param_hint="--input"
+            ) from None
     with handled():
         result = client(url, api_key).infer(model, feeds)
         plain = {k: v.tolist() for k, v in result.items()}

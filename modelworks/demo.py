@@ -19,14 +19,16 @@ BIAS = -3.0
 log = logging.getLogger("modelworks.demo")
 
 
-def build_demo_onnx(path: Path) -> Path:
+def build_demo_onnx(
+    path: Path, weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS
+) -> Path:
     """Write the demo model: sensors FP32 [-1, 4] -> failure_probability FP32 [-1, 1]."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    w = numpy_helper.from_array(np.array(WEIGHTS, dtype=np.float32).reshape(4, 1), "weights")
-    b = numpy_helper.from_array(np.array([BIAS], dtype=np.float32), "bias")
+    w = numpy_helper.from_array(np.array(weights, dtype=np.float32).reshape(4, 1), "weights")
+    b = numpy_helper.from_array(np.array([bias], dtype=np.float32), "bias")
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["sensors", "weights"], ["logit_raw"]),
@@ -38,8 +40,9 @@ def build_demo_onnx(path: Path) -> Path:
         [helper.make_tensor_value_info("failure_probability", TensorProto.FLOAT, ["batch", 1])],
         initializer=[w, b],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="modelworks-demo")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="modelworks-demo"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
@@ -60,17 +63,28 @@ def ensure_demo(services: object) -> bool:
         return False
     except NotFound:
         pass
-    reg.create_model(pid, DEMO_MODEL, task="tabular-classification",
-                     description="Demo: probability that a pump fails within 24 h, from 4 sensors.",
-                     tags={"domain": "predictive-maintenance", "demo": "true"},
-                     created_by="modelworks demo")
+    reg.create_model(
+        pid,
+        DEMO_MODEL,
+        task="tabular-classification",
+        description="Demo: probability that a pump fails within 24 h, from 4 sensors.",
+        tags={"domain": "predictive-maintenance", "demo": "true"},
+        created_by="modelworks demo",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = build_demo_onnx(Path(tmp) / "pump-failure.onnx")
         signature = inspect_onnx(path)
         blob = services.store.put_file(path, services.settings.max_upload_bytes)
-    reg.add_version(pid, DEMO_MODEL, blob, format="onnx", signature=signature,
-                    description="logistic model, fixed weights", created_by="modelworks demo",
-                    lineage={"source": "demo"})
+    reg.add_version(
+        pid,
+        DEMO_MODEL,
+        blob,
+        format="onnx",
+        signature=signature,
+        description="logistic model, fixed weights",
+        created_by="modelworks demo",
+        lineage={"source": "demo"},
+    )
     reg.set_alias(pid, DEMO_MODEL, "production", 1)
     log.info("registered demo model %s", DEMO_MODEL)
     return True

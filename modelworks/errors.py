@@ -134,7 +134,9 @@ def error_from_envelope(status: int, body: Any) -> ModelworksError:
     """Rebuild the exception a server sent (used by the SDK)."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
-        cls = ERRORS_BY_CODE.get(str(err.get("code")), ERRORS_BY_STATUS.get(status, ModelworksError))
+        cls = ERRORS_BY_CODE.get(
+            str(err.get("code")), ERRORS_BY_STATUS.get(status, ModelworksError)
+        )
         return cls(str(err.get("message", "")), details=err.get("details") or None)
     if isinstance(body, dict) and isinstance(body.get("error"), str):  # protocol routes
         return ERRORS_BY_STATUS.get(status, ModelworksError)(body["error"])

@@ -6,7 +6,9 @@ import re
 
 from modelworks.errors import ValidationFailed
 
-NAME_RULE = "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, 1-64 characters"
+NAME_RULE = (
+    "lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, 1-64 characters"
+)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 

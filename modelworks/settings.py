@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the server binds.")
     port: int = Field(8000, ge=0, le=65535, description="Port the server binds.")
     auth: bool = Field(
-        True, description="Require an API key on every route but health (refused off on a public bind)."
+        True,
+        description="Require an API key on every route but health (refused off on a public bind).",
     )
     max_upload_bytes: int = Field(
         2 * 1024**3, gt=0, description="Largest model file accepted by an upload, in bytes."

@@ -208,7 +208,9 @@ class ArtifactStore:
             while chunk := fh.read(CHUNK):
                 h.update(chunk)
         if "sha256:" + h.hexdigest() != digest:
-            raise CorruptArtifact(f"artifact {digest} failed its digest check; re-upload the version")
+            raise CorruptArtifact(
+                f"artifact {digest} failed its digest check; re-upload the version"
+            )
 
     def read_bytes(self, digest: str) -> bytes:
         path = self.local_path(digest)

@@ -12,9 +12,18 @@ import numpy as np
 from modelworks.errors import InvalidInput, PayloadTooLarge
 
 NUMPY_TYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
     "BYTES": np.object_,
 }
 DATATYPE_OF = {np.dtype(t).str: name for name, t in NUMPY_TYPES.items() if name != "BYTES"}
@@ -23,19 +32,27 @@ DATATYPE_OF = {np.dtype(t).str: name for name, t in NUMPY_TYPES.items() if name 
 def datatype_of(arr: np.ndarray) -> str:
     if arr.dtype.kind in ("O", "S", "U"):
         return "BYTES"
-    return DATATYPE_OF[arr.dtype.newbyteorder("<").str if arr.dtype.byteorder == ">" else arr.dtype.str]
+    return DATATYPE_OF[
+        arr.dtype.newbyteorder("<").str if arr.dtype.byteorder == ">" else arr.dtype.str
+    ]
 
 
 def element_count(name: str, shape: Any, max_elements: int) -> int:
     """Product of `shape`, checked dimension by dimension; never overflows, never allocates."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
         raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) > 32:
-        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; at most 32 are allowed")
+        raise InvalidInput(
+            f"input {name!r}: shape has {len(shape)} dimensions; at most 32 are allowed"
+        )
     count = 1
     for d in shape:
         if d < 0:
-            raise InvalidInput(f"input {name!r}: shape dimensions must be non-negative, got {shape}")
+            raise InvalidInput(
+                f"input {name!r}: shape dimensions must be non-negative, got {shape}"
+            )
         count *= d
         if count > max_elements:
             raise PayloadTooLarge(
@@ -50,7 +67,8 @@ def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int
     """Decode one OIP JSON tensor (nested or flat row-major data) into a numpy array."""
     if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
         raise InvalidInput(
-            f"input {name!r}: unsupported datatype {datatype!r}; use one of {', '.join(NUMPY_TYPES)} "
+            f"input {name!r}: unsupported datatype {datatype!r}; "
+            f"use one of {', '.join(NUMPY_TYPES)} "
             "(FP16/BF16 need the binary tensor extension)"
         )
     count = element_count(name, shape, max_elements)
@@ -77,7 +95,9 @@ def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int
                 raise InvalidInput(f"input {name!r}: {datatype} elements must be numbers")
             arr = np.asarray(flat, dtype=NUMPY_TYPES[datatype])
     except (ValueError, OverflowError, TypeError) as exc:
-        raise InvalidInput(f"input {name!r}: data does not fit datatype {datatype} ({exc})") from None
+        raise InvalidInput(
+            f"input {name!r}: data does not fit datatype {datatype} ({exc})"
+        ) from None
     return arr.reshape(shape)
 
 
@@ -99,7 +119,9 @@ def _flatten(data: Any) -> list[Any]:
 def to_json(arr: np.ndarray) -> list[Any]:
     """Flat row-major JSON data for one output tensor."""
     if arr.dtype.kind in ("O", "S"):
-        return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+        return [
+            x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)
+        ]
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     return list(arr.reshape(-1).tolist())
@@ -132,7 +154,9 @@ def check_against_signature(signature: dict[str, Any], feeds: dict[str, np.ndarr
                 details={"inputs": list(expected.values())},
             )
         shape = spec["shape"]
-        if len(shape) != arr.ndim or any(e not in (-1, g) for e, g in zip(shape, arr.shape, strict=False)):
+        if len(shape) != arr.ndim or any(
+            e not in (-1, g) for e, g in zip(shape, arr.shape, strict=False)
+        ):
             raise InvalidInput(
                 f"input {name!r} has shape {list(arr.shape)}; the model expects {shape} "
                 f"(-1 = any size; signature: {described})",

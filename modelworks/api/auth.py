@@ -21,8 +21,9 @@ def client_address(request: Request) -> str:
 def authenticate(request: Request) -> Principal:
     svc = services(request)
     if not svc.settings.auth:
-        p = Principal(key_id=None, prefix="anonymous", project_id=svc.default_project_id,
-                      role=ANONYMOUS_ROLE)
+        p = Principal(
+            key_id=None, prefix="anonymous", project_id=svc.default_project_id, role=ANONYMOUS_ROLE
+        )
         request.state.principal = p
         return p
     header = request.headers.get("authorization", "")
@@ -38,9 +39,13 @@ def authenticate(request: Request) -> Principal:
         p = svc.keys.authenticate(token.strip())
     except Unauthorized as exc:
         svc.audit.record(
-            action="auth.failure", outcome="denied", actor=token.strip()[:12] if token else "",
-            target=request.url.path[:256], client=client_address(request),
-            request_id=getattr(request.state, "request_id", ""), details={"reason": exc.message},
+            action="auth.failure",
+            outcome="denied",
+            actor=token.strip()[:12] if token else "",
+            target=request.url.path[:256],
+            client=client_address(request),
+            request_id=getattr(request.state, "request_id", ""),
+            details={"reason": exc.message},
         )
         raise
     request.state.principal = p

@@ -39,7 +39,9 @@ def error_response(request: Request, exc: ModelworksError) -> Response:
         if rid:
             body["error"]["request_id"] = rid
     # exact `application/json` (no charset): the kserve client compares the header verbatim
-    return JSONResponse(body, status_code=exc.status, headers=headers, media_type="application/json")
+    return JSONResponse(
+        body, status_code=exc.status, headers=headers, media_type="application/json"
+    )
 
 
 def _describe(errors: list[Any]) -> str:
@@ -59,14 +61,17 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         errors = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()[:5]]
         # never echo the offending input back: it may be large or sensitive
-        return error_response(request, ValidationFailed(_describe(errors), details={"errors": errors}))
+        return error_response(
+            request, ValidationFailed(_describe(errors), details={"errors": errors})
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
         cls = ERRORS_BY_STATUS.get(exc.status_code, ModelworksError)
-        message = {404: f"no route {request.url.path!r}; see /docs for the API",
-                   405: f"method {request.method} is not allowed on {request.url.path!r}"}.get(
-            exc.status_code, str(exc.detail))
+        message = {
+            404: f"no route {request.url.path!r}; see /docs for the API",
+            405: f"method {request.method} is not allowed on {request.url.path!r}",
+        }.get(exc.status_code, str(exc.detail))
         err = cls(message)
         resp = error_response(request, err)
         resp.status_code = exc.status_code

@@ -30,4 +30,6 @@ async def livez() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse:
     if database_ok(request):
         return JSONResponse({"status": "ok"})
-    return JSONResponse({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
+    return JSONResponse(
+        {"status": "unavailable", "reason": "database unreachable"}, status_code=503
+    )

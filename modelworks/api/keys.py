@@ -22,15 +22,29 @@ def _project_names(request: Request) -> dict[int, str]:
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
-def create_key(body: KeyCreate, request: Request, p: Principal = Depends(require("keys"))) -> KeyCreated:
+def create_key(
+    body: KeyCreate, request: Request, p: Principal = Depends(require("keys"))
+) -> KeyCreated:
     svc = services(request)
     if body.role == "admin" and p.role != "admin":
         raise Forbidden("only an admin key can create admin keys")
-    key, secret = svc.keys.create(project_id=p.project_id, role=body.role, name=body.name,
-                                  created_by=p.prefix, expires_at=body.expires_at)
-    svc.audit.record(action="key.create", outcome="ok", actor=p.prefix, target=key.prefix,
-                     project_id=p.project_id, client=client_address(request),
-                     request_id=getattr(request.state, "request_id", ""), details={"role": key.role})
+    key, secret = svc.keys.create(
+        project_id=p.project_id,
+        role=body.role,
+        name=body.name,
+        created_by=p.prefix,
+        expires_at=body.expires_at,
+    )
+    svc.audit.record(
+        action="key.create",
+        outcome="ok",
+        actor=p.prefix,
+        target=key.prefix,
+        project_id=p.project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+        details={"role": key.role},
+    )
     out = KeyOut.of(key, _project_names(request).get(key.project_id, ""))
     return KeyCreated(**out.model_dump(), key=secret)
 
@@ -46,7 +60,13 @@ def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list
 def revoke_key(key_id: int, request: Request, p: Principal = Depends(require("keys"))) -> KeyOut:
     svc = services(request)
     key = svc.keys.revoke(key_id, None if p.role == "admin" else p.project_id)
-    svc.audit.record(action="key.revoke", outcome="ok", actor=p.prefix, target=key.prefix,
-                     project_id=key.project_id, client=client_address(request),
-                     request_id=getattr(request.state, "request_id", ""))
+    svc.audit.record(
+        action="key.revoke",
+        outcome="ok",
+        actor=p.prefix,
+        target=key.prefix,
+        project_id=key.project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+    )
     return KeyOut.of(key, _project_names(request).get(key.project_id, ""))

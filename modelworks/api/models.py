@@ -45,19 +45,34 @@ UPLOAD_BODY = {
 }
 
 
-def _audit(request: Request, p: Principal, action: str, target: str, outcome: str = "ok",
-           **details: object) -> None:
+def _audit(
+    request: Request, p: Principal, action: str, target: str, outcome: str = "ok", **details: object
+) -> None:
     svc = services(request)
-    svc.audit.record(action=action, outcome=outcome, actor=p.prefix, target=target,
-                     project_id=p.project_id, client=client_address(request),
-                     request_id=getattr(request.state, "request_id", ""), details=dict(details))
+    svc.audit.record(
+        action=action,
+        outcome=outcome,
+        actor=p.prefix,
+        target=target,
+        project_id=p.project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+        details=dict(details),
+    )
 
 
 @router.post("/models", status_code=201, response_model=ModelOut)
-def create_model(body: ModelCreate, request: Request, p: Principal = Depends(require("write"))) -> ModelOut:
+def create_model(
+    body: ModelCreate, request: Request, p: Principal = Depends(require("write"))
+) -> ModelOut:
     m = services(request).registry.create_model(
-        p.project_id, body.name, task=body.task, description=body.description, tags=body.tags,
-        created_by=p.prefix)
+        p.project_id,
+        body.name,
+        task=body.task,
+        description=body.description,
+        tags=body.tags,
+        created_by=p.prefix,
+    )
     _audit(request, p, "model.create", m.name)
     return ModelOut.of(m)
 
@@ -73,9 +88,12 @@ def get_model(name: str, request: Request, p: Principal = Depends(require("read"
 
 
 @router.patch("/models/{name}", response_model=ModelOut)
-def update_model(name: str, body: ModelPatch, request: Request,
-                 p: Principal = Depends(require("write"))) -> ModelOut:
-    m = services(request).registry.update_model(p.project_id, name, body.model_dump(exclude_none=True))
+def update_model(
+    name: str, body: ModelPatch, request: Request, p: Principal = Depends(require("write"))
+) -> ModelOut:
+    m = services(request).registry.update_model(
+        p.project_id, name, body.model_dump(exclude_none=True)
+    )
     _audit(request, p, "model.update", name)
     return ModelOut.of(m)
 
@@ -90,10 +108,12 @@ def delete_model(name: str, request: Request, p: Principal = Depends(require("wr
     return Deleted(deleted=name)
 
 
-@router.post("/models/{name}/versions", status_code=201, response_model=VersionOut,
-             openapi_extra=UPLOAD_BODY)
-async def upload_version(name: str, request: Request,
-                         p: Principal = Depends(require("write"))) -> VersionOut:
+@router.post(
+    "/models/{name}/versions", status_code=201, response_model=VersionOut, openapi_extra=UPLOAD_BODY
+)
+async def upload_version(
+    name: str, request: Request, p: Principal = Depends(require("write"))
+) -> VersionOut:
     """Upload a model file (multipart field `file`) as the model's next version."""
     svc: Services = services(request)
     name = ModelName(name)
@@ -114,20 +134,31 @@ async def upload_version(name: str, request: Request,
     description = form.fields.get("description", "")[:10_000]
     v = await to_thread.run_sync(
         lambda: svc.registry.add_version(
-            p.project_id, name, blob, format=fmt, signature=signature, description=description,
-            created_by=p.prefix, lineage={"source": "upload", "filename": form.filename[-255:]}))
+            p.project_id,
+            name,
+            blob,
+            format=fmt,
+            signature=signature,
+            description=description,
+            created_by=p.prefix,
+            lineage={"source": "upload", "filename": form.filename[-255:]},
+        )
+    )
     _audit(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
 
 
 @router.get("/models/{name}/versions", response_model=list[VersionOut])
-def list_versions(name: str, request: Request, p: Principal = Depends(require("read"))) -> list[VersionOut]:
+def list_versions(
+    name: str, request: Request, p: Principal = Depends(require("read"))
+) -> list[VersionOut]:
     return ModelDetail.detail(services(request).registry.get_model(p.project_id, name)).version_list
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionOut)
-def get_version(name: str, version: int, request: Request,
-                p: Principal = Depends(require("read"))) -> VersionOut:
+def get_version(
+    name: str, version: int, request: Request, p: Principal = Depends(require("read"))
+) -> VersionOut:
     svc = services(request)
     v = svc.registry.get_version(p.project_id, name, version)
     m = svc.registry.get_model(p.project_id, name)
@@ -136,16 +167,22 @@ def get_version(name: str, version: int, request: Request,
 
 
 @router.put("/models/{name}/aliases/{alias}", response_model=AliasOut)
-def set_alias(name: str, alias: str, body: AliasSet, request: Request,
-              p: Principal = Depends(require("write"))) -> AliasOut:
+def set_alias(
+    name: str,
+    alias: str,
+    body: AliasSet,
+    request: Request,
+    p: Principal = Depends(require("write")),
+) -> AliasOut:
     services(request).registry.set_alias(p.project_id, name, alias, body.version)
     _audit(request, p, "alias.set", f"{name}:{alias}", version=body.version)
     return AliasOut(model=name, alias=alias, version=body.version)
 
 
 @router.delete("/models/{name}/aliases/{alias}", response_model=Deleted)
-def delete_alias(name: str, alias: str, request: Request,
-                 p: Principal = Depends(require("write"))) -> Deleted:
+def delete_alias(
+    name: str, alias: str, request: Request, p: Principal = Depends(require("write"))
+) -> Deleted:
     services(request).registry.delete_alias(p.project_id, name, alias)
     _audit(request, p, "alias.delete", f"{name}:{alias}")
     return Deleted(deleted=f"{name}:{alias}")

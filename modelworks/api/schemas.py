@@ -68,10 +68,20 @@ class VersionOut(BaseModel):
 
     @classmethod
     def of(cls, model_name: str, v: ModelVersion, aliases: list[str] | None = None) -> VersionOut:
-        return cls(model=model_name, version=v.version, format=v.format, digest=v.digest, size=v.size,
-                   signature=v.signature, metrics=v.metrics, lineage=v.lineage,
-                   description=v.description, created_by=v.created_by, created_at=v.created_at,
-                   aliases=aliases or [])
+        return cls(
+            model=model_name,
+            version=v.version,
+            format=v.format,
+            digest=v.digest,
+            size=v.size,
+            signature=v.signature,
+            metrics=v.metrics,
+            lineage=v.lineage,
+            description=v.description,
+            created_by=v.created_by,
+            created_at=v.created_at,
+            aliases=aliases or [],
+        )
 
 
 class ModelOut(BaseModel):
@@ -88,11 +98,18 @@ class ModelOut(BaseModel):
 
     @classmethod
     def of(cls, m: Model) -> ModelOut:
-        return cls(name=m.name, task=m.task, description=m.description, tags=m.tags,
-                   created_by=m.created_by, created_at=m.created_at, updated_at=m.updated_at,
-                   latest_version=max((v.version for v in m.versions), default=None),
-                   versions=len(m.versions),
-                   aliases={a.name: a.target.version for a in m.aliases})
+        return cls(
+            name=m.name,
+            task=m.task,
+            description=m.description,
+            tags=m.tags,
+            created_by=m.created_by,
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+            latest_version=max((v.version for v in m.versions), default=None),
+            versions=len(m.versions),
+            aliases={a.name: a.target.version for a in m.aliases},
+        )
 
 
 class ModelDetail(ModelOut):
@@ -104,8 +121,12 @@ class ModelDetail(ModelOut):
         by_version: dict[int, list[str]] = {}
         for alias, version in base.aliases.items():
             by_version.setdefault(version, []).append(alias)
-        return cls(**base.model_dump(), version_list=[
-            VersionOut.of(m.name, v, sorted(by_version.get(v.version, []))) for v in m.versions])
+        return cls(
+            **base.model_dump(),
+            version_list=[
+                VersionOut.of(m.name, v, sorted(by_version.get(v.version, []))) for v in m.versions
+            ],
+        )
 
 
 class AliasOut(BaseModel):
@@ -128,9 +149,18 @@ class KeyOut(BaseModel):
 
     @classmethod
     def of(cls, k: ApiKey, project: str) -> KeyOut:
-        return cls(id=k.id, name=k.name, prefix=k.prefix, role=k.role, project=project,
-                   created_by=k.created_by, created_at=k.created_at, expires_at=k.expires_at,
-                   revoked_at=k.revoked_at, last_used_at=k.last_used_at)
+        return cls(
+            id=k.id,
+            name=k.name,
+            prefix=k.prefix,
+            role=k.role,
+            project=project,
+            created_by=k.created_by,
+            created_at=k.created_at,
+            expires_at=k.expires_at,
+            revoked_at=k.revoked_at,
+            last_used_at=k.last_used_at,
+        )
 
 
 class KeyCreated(KeyOut):

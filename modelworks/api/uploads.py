@@ -55,14 +55,18 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
                 parser.write(chunk)
         parser.finalize()
     except ClientDisconnect:
-        raise ClientGone("the client disconnected before the upload finished; nothing was stored") from None
+        raise ClientGone(
+            "the client disconnected before the upload finished; nothing was stored"
+        ) from None
     except (PayloadTooLarge, ValidationFailed, UnsupportedFormat):
         raise
     except Exception:
         raise BadRequest("malformed multipart body; send it as multipart/form-data") from None
     form = reader.form
     if not form.file_seen:
-        raise ValidationFailed(f"the multipart field '{file_field}' is required (curl -F {file_field}=@model.onnx)")
+        raise ValidationFailed(
+            f"the multipart field '{file_field}' is required (curl -F {file_field}=@model.onnx)"
+        )
     if upload.size == 0:
         raise ValidationFailed("the uploaded file is empty")
     return form
@@ -126,7 +130,9 @@ class _FormReader:
             return
         self.buf.extend(data[start:end])
         if len(self.buf) > MAX_FIELD_BYTES:
-            raise PayloadTooLarge(f"form field {self.part_name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            raise PayloadTooLarge(
+                f"form field {self.part_name!r} is longer than {MAX_FIELD_BYTES} bytes"
+            )
 
     def on_part_end(self) -> None:
         if self.part_name and self.part_name != self.file_field:

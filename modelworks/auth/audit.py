@@ -18,15 +18,31 @@ class AuditLog:
         self.sessions = sessions
 
     def record(
-        self, *, action: str, outcome: str, actor: str = "", target: str = "",
-        project_id: int | None = None, client: str = "", request_id: str = "",
+        self,
+        *,
+        action: str,
+        outcome: str,
+        actor: str = "",
+        target: str = "",
+        project_id: int | None = None,
+        client: str = "",
+        request_id: str = "",
         details: dict[str, Any] | None = None,
     ) -> None:
         try:
             with self.sessions.begin() as s:
-                s.add(AuditEvent(action=action, outcome=outcome, actor=actor, target=target[:256],
-                                 project_id=project_id, client=client[:64], request_id=request_id[:64],
-                                 details=details or {}))
+                s.add(
+                    AuditEvent(
+                        action=action,
+                        outcome=outcome,
+                        actor=actor,
+                        target=target[:256],
+                        project_id=project_id,
+                        client=client[:64],
+                        request_id=request_id[:64],
+                        details=details or {},
+                    )
+                )
         except Exception:  # the audit trail must never turn a request into a 500
             log.exception("could not write audit event %s", action)
 

@@ -71,7 +71,12 @@ class KeyService:
         self.sessions = sessions
 
     def create(
-        self, *, project_id: int, role: str, name: str = "", created_by: str = "",
+        self,
+        *,
+        project_id: int,
+        role: str,
+        name: str = "",
+        created_by: str = "",
         expires_at: datetime | None = None,
     ) -> tuple[ApiKey, str]:
         if role not in ROLES:
@@ -82,9 +87,15 @@ class KeyService:
             secret = new_secret()
             try:
                 with self.sessions.begin() as s:
-                    key = ApiKey(project_id=project_id, name=name, prefix=secret[:PREFIX_LEN],
-                                 secret_hash=hash_secret(secret), role=role, created_by=created_by,
-                                 expires_at=expires_at)
+                    key = ApiKey(
+                        project_id=project_id,
+                        name=name,
+                        prefix=secret[:PREFIX_LEN],
+                        secret_hash=hash_secret(secret),
+                        role=role,
+                        created_by=created_by,
+                        expires_at=expires_at,
+                    )
                     s.add(key)
                     s.flush()
                     s.expunge(key)
@@ -116,7 +127,10 @@ class KeyService:
 
     def authenticate(self, secret: str) -> Principal:
         if not looks_like_key(secret):
-            raise Unauthorized("malformed API key; keys look like 'mw_…' (create one with `modelworks keys create`)")
+            raise Unauthorized(
+                "malformed API key; keys look like 'mw_…' "
+                "(create one with `modelworks keys create`)"
+            )
         with self.sessions() as s:
             key = s.scalar(select(ApiKey).where(ApiKey.prefix == secret[:PREFIX_LEN]))
         # compare even when no key matched, so timing does not tell whether a prefix exists
@@ -132,17 +146,22 @@ class KeyService:
 
     def touch(self, key_id: int) -> None:
         with self.sessions.begin() as s:
-            s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC)))
+            s.execute(
+                update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC))
+            )
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin key when there is no usable admin key; return its secret."""
         with self.sessions() as s:
-            exists = s.scalar(select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None)))
+            exists = s.scalar(
+                select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+            )
             default = s.scalar(select(Project.id).where(Project.name == "default"))
         if exists is not None or default is None:
             return None
-        _key, secret = self.create(project_id=default, role="admin", name="bootstrap admin",
-                                   created_by="modelworks serve")
+        _key, secret = self.create(
+            project_id=default, role="admin", name="bootstrap admin", created_by="modelworks serve"
+        )
         return secret
 
 

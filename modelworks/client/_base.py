@@ -90,8 +90,14 @@ class Endpoints:
         """All models of the key's project, with their latest version and aliases."""
         return self._execute(Call("GET", "/api/v1/models"))
 
-    def create_model(self, name: str, *, task: str = "tensor", description: str = "",
-                     tags: Mapping[str, str] | None = None) -> Any:
+    def create_model(
+        self,
+        name: str,
+        *,
+        task: str = "tensor",
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> Any:
         """Create an empty model; push versions into it with `push`."""
         body = {"name": name, "task": task, "description": description, "tags": dict(tags or {})}
         return self._execute(Call("POST", "/api/v1/models", json=body))
@@ -100,12 +106,24 @@ class Endpoints:
         """A model with its versions (`version_list`) and aliases."""
         return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}"))
 
-    def update_model(self, name: str, *, task: str | None = None, description: str | None = None,
-                     tags: Mapping[str, str] | None = None) -> Any:
+    def update_model(
+        self,
+        name: str,
+        *,
+        task: str | None = None,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Any:
         """Change a model's task, description or tags (versions are immutable)."""
-        body = {k: v for k, v in {"task": task, "description": description,
-                                  "tags": dict(tags) if tags is not None else None}.items()
-                if v is not None}
+        body = {
+            k: v
+            for k, v in {
+                "task": task,
+                "description": description,
+                "tags": dict(tags) if tags is not None else None,
+            }.items()
+            if v is not None
+        }
         return self._execute(Call("PATCH", f"/api/v1/models/{_seg(name)}", json=body))
 
     def delete_model(self, name: str) -> Any:
@@ -113,16 +131,26 @@ class Endpoints:
         return self._execute(Call("DELETE", f"/api/v1/models/{_seg(name)}"))
 
     # versions ----------------------------------------------------------------------------
-    def push(self, name: str, path: str | os.PathLike[str], *, description: str = "",
-             progress: Progress | None = None) -> Any:
+    def push(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        description: str = "",
+        progress: Progress | None = None,
+    ) -> Any:
         """Upload a model file (ONNX) as the model's next version; returns the version."""
         wrapped = _ProgressFile(Path(path), progress)
-        return self._execute(Call(
-            "POST", f"/api/v1/models/{_seg(name)}/versions",
-            files={"file": (Path(path).name, wrapped, "application/octet-stream")},
-            data={"description": description} if description else None,
-            timeout=UPLOAD_TIMEOUT, on_done=wrapped.close,
-        ))
+        return self._execute(
+            Call(
+                "POST",
+                f"/api/v1/models/{_seg(name)}/versions",
+                files={"file": (Path(path).name, wrapped, "application/octet-stream")},
+                data={"description": description} if description else None,
+                timeout=UPLOAD_TIMEOUT,
+                on_done=wrapped.close,
+            )
+        )
 
     def list_versions(self, name: str) -> Any:
         return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions"))
@@ -133,15 +161,21 @@ class Endpoints:
     # aliases -----------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int) -> Any:
         """Point `alias` at `version` (creates or moves it): how a version is promoted."""
-        return self._execute(Call("PUT", f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}",
-                                  json={"version": int(version)}))
+        return self._execute(
+            Call(
+                "PUT",
+                f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}",
+                json={"version": int(version)},
+            )
+        )
 
     def delete_alias(self, name: str, alias: str) -> Any:
         return self._execute(Call("DELETE", f"/api/v1/models/{_seg(name)}/aliases/{_seg(alias)}"))
 
     # keys --------------------------------------------------------------------------------
-    def create_key(self, *, role: str = "developer", name: str = "",
-                   expires_at: str | None = None) -> Any:
+    def create_key(
+        self, *, role: str = "developer", name: str = "", expires_at: str | None = None
+    ) -> Any:
         """Create an API key; the secret is in the answer's `key` field, shown this once."""
         body: dict[str, Any] = {"role": role, "name": name}
         if expires_at is not None:
@@ -160,8 +194,14 @@ class Endpoints:
         """Open Inference Protocol metadata: input and output names, datatypes, shapes."""
         return self._execute(Call("GET", f"/v2/models/{_seg(model)}"))
 
-    def infer(self, model: str, inputs: Mapping[str, Any], *, outputs: list[str] | None = None,
-              signature: Mapping[str, Any] | None = None) -> Any:
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: list[str] | None = None,
+        signature: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Run `model` (`name`, `name:alias` or `name:3`) on named inputs over OIP v2 JSON.
 
         Inputs may be numpy arrays or nested lists; lists are cast to the datatype the model
@@ -170,17 +210,22 @@ class Endpoints:
         """
         if signature is None:
             if model not in self._signatures:
-                return self._execute(Call("GET", f"/v2/models/{_seg(model)}", parse=lambda md: (
-                    self._signatures.__setitem__(model, md), self.infer(model, inputs, outputs=outputs,
-                                                                        signature=md))[1]))
+
+                def then(md: dict[str, Any]) -> Any:
+                    self._signatures[model] = md
+                    return self.infer(model, inputs, outputs=outputs, signature=md)
+
+                return self._execute(Call("GET", f"/v2/models/{_seg(model)}", parse=then))
             signature = self._signatures[model]
         body = encode_infer(inputs, outputs, signature)
-        return self._execute(Call("POST", f"/v2/models/{_seg(model)}/infer", json=body,
-                                  parse=decode_infer))
+        return self._execute(
+            Call("POST", f"/v2/models/{_seg(model)}/infer", json=body, parse=decode_infer)
+        )
 
 
-def encode_infer(inputs: Mapping[str, Any], outputs: list[str] | None,
-                 signature: Mapping[str, Any]) -> dict[str, Any]:
+def encode_infer(
+    inputs: Mapping[str, Any], outputs: list[str] | None, signature: Mapping[str, Any]
+) -> dict[str, Any]:
     import numpy as np
 
     from modelworks.tensors import NUMPY_TYPES, datatype_of
@@ -196,8 +241,11 @@ def encode_infer(inputs: Mapping[str, Any], outputs: list[str] | None,
         else:
             arr = np.asarray(value)
         datatype = datatype_of(arr)
-        data = ([x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
-                if datatype == "BYTES" else arr.reshape(-1).tolist())
+        data = (
+            [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+            if datatype == "BYTES"
+            else arr.reshape(-1).tolist()
+        )
         items.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data})
     body: dict[str, Any] = {"inputs": items}
     if outputs:

@@ -40,13 +40,19 @@ def _kwargs(call: Call) -> dict[str, Any]:
 class Client(Endpoints):
     """Synchronous client. `transport` lets tests run it against an in-process app."""
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url, self.api_key = resolve_config(url, api_key)
         self._signatures: dict[str, dict[str, Any]] = {}
-        self._http = httpx.Client(base_url=self.url, headers=_headers(self.api_key),
-                                  timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url, headers=_headers(self.api_key), timeout=timeout, transport=transport
+        )
 
     def _execute(self, call: Call) -> Any:
         try:
@@ -64,21 +70,28 @@ class Client(Endpoints):
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 class AsyncClient(Endpoints):
     """Asynchronous twin of `Client`: the same methods, awaited."""
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url, self.api_key = resolve_config(url, api_key)
         self._signatures: dict[str, dict[str, Any]] = {}
-        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(self.api_key),
-                                       timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=_headers(self.api_key), timeout=timeout, transport=transport
+        )
 
     def _execute(self, call: Call) -> Any:
         return self._run(call)
@@ -102,6 +115,7 @@ class AsyncClient(Endpoints):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()

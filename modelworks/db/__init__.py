@@ -1,4 +1,4 @@
-"""Database engine, sessions and migrations (SQLite with WAL by default, PostgreSQL for scale-out)."""
+"""Database engine, sessions and migrations: SQLite (WAL) by default, PostgreSQL to scale out."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -32,7 +32,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[str]: JSON}
 
 
 class Project(Base):
@@ -49,7 +49,9 @@ class Model(Base):
     __table_args__ = (UniqueConstraint("project_id", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(64))
     task: Mapped[str] = mapped_column(String(64), default="tensor")
     description: Mapped[str] = mapped_column(Text, default="")
@@ -61,11 +63,15 @@ class Model(Base):
     )
 
     versions: Mapped[list[ModelVersion]] = relationship(
-        back_populates="model", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="model",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="ModelVersion.version",
     )
     aliases: Mapped[list[Alias]] = relationship(
-        back_populates="model", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="model",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="Alias.name",
     )
 
@@ -116,7 +122,9 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(128), default="")
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(64))

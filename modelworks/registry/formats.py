@@ -18,14 +18,38 @@ CONVERT_HINT = (
     "export PyTorch models with torch.onnx.export, scikit-learn models with skl2onnx, "
     "Keras/TensorFlow models with tf2onnx"
 )
-UNSAFE_SUFFIXES = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt", ".h5", ".keras", ".npy", ".npz"}
+UNSAFE_SUFFIXES = {
+    ".pkl",
+    ".pickle",
+    ".joblib",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".ckpt",
+    ".h5",
+    ".keras",
+    ".npy",
+    ".npz",
+}
 # operator domains ONNX Runtime implements itself; anything else would need a custom-op library
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 
 # ONNX TensorProto element type -> Open Inference Protocol datatype
 ONNX_TO_OIP = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-    8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+    16: "BF16",
 }
 
 
@@ -53,7 +77,9 @@ def sniff_unsafe(head: bytes, filename: str) -> None:
 def _zip_holds_pickle(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
-            return any(n.endswith((".pkl", "data.pkl")) or "/data/" in n for n in zf.namelist()[:1000])
+            return any(
+                n.endswith((".pkl", "data.pkl")) or "/data/" in n for n in zf.namelist()[:1000]
+            )
     except (zipfile.BadZipFile, OSError):
         return False
 
@@ -76,7 +102,8 @@ def detect_and_inspect(path: Path, filename: str) -> tuple[str, dict[str, Any]]:
 
 def _not_onnx() -> UnsupportedFormat:
     return UnsupportedFormat(
-        f"the file is not a valid ONNX model. Accepted formats: {ACCEPTED}. To convert: {CONVERT_HINT}.",
+        f"the file is not a valid ONNX model. Accepted formats: {ACCEPTED}. "
+        f"To convert: {CONVERT_HINT}.",
         details={"accepted": [ACCEPTED]},
     )
 
@@ -118,20 +145,28 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         )
     initializers = {i.name for i in graph.initializer}
     inputs = [
-        {"name": i.name, "datatype": ONNX_TO_OIP.get(i.type.tensor_type.elem_type, "UNKNOWN"),
-         "shape": _dims(i.type)}
+        {
+            "name": i.name,
+            "datatype": ONNX_TO_OIP.get(i.type.tensor_type.elem_type, "UNKNOWN"),
+            "shape": _dims(i.type),
+        }
         for i in graph.input
         if i.name not in initializers
     ]
     outputs = [
-        {"name": o.name, "datatype": ONNX_TO_OIP.get(o.type.tensor_type.elem_type, "UNKNOWN"),
-         "shape": _dims(o.type)}
+        {
+            "name": o.name,
+            "datatype": ONNX_TO_OIP.get(o.type.tensor_type.elem_type, "UNKNOWN"),
+            "shape": _dims(o.type),
+        }
         for o in graph.output
     ]
     return {
         "inputs": inputs,
         "outputs": outputs,
-        "opset": max((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0),
+        "opset": max(
+            (op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), default=0
+        ),
         "producer": model.producer_name,
     }
 

@@ -63,7 +63,9 @@ class Registry:
     def _model(s: Session, project_id: int, name: str, *, load: bool = False) -> Model:
         q = select(Model).where(Model.project_id == project_id, Model.name == name)
         if load:
-            q = q.options(selectinload(Model.versions), selectinload(Model.aliases).joinedload(Alias.target))
+            q = q.options(
+                selectinload(Model.versions), selectinload(Model.aliases).joinedload(Alias.target)
+            )
         m = s.scalar(q)
         if m is None:
             raise NotFound(
@@ -73,15 +75,27 @@ class Registry:
         return m
 
     def create_model(
-        self, project_id: int, name: str, *, task: str = "tensor", description: str = "",
-        tags: dict[str, Any] | None = None, created_by: str = "",
+        self,
+        project_id: int,
+        name: str,
+        *,
+        task: str = "tensor",
+        description: str = "",
+        tags: dict[str, Any] | None = None,
+        created_by: str = "",
     ) -> Model:
         name = ModelName(name)
         check_task(task)
         try:
             with self._tx() as s:
-                m = Model(project_id=project_id, name=name, task=task, description=description,
-                          tags=tags or {}, created_by=created_by)
+                m = Model(
+                    project_id=project_id,
+                    name=name,
+                    task=task,
+                    description=description,
+                    tags=tags or {},
+                    created_by=created_by,
+                )
                 s.add(m)
                 s.flush()
         except IntegrityError:
@@ -97,7 +111,10 @@ class Registry:
             q = (
                 select(Model)
                 .where(Model.project_id == project_id)
-                .options(selectinload(Model.versions), selectinload(Model.aliases).joinedload(Alias.target))
+                .options(
+                    selectinload(Model.versions),
+                    selectinload(Model.aliases).joinedload(Alias.target),
+                )
                 .order_by(Model.name)
             )
             return list(s.scalars(q))
@@ -135,8 +152,16 @@ class Registry:
 
     # versions ---------------------------------------------------------------------------
     def add_version(
-        self, project_id: int, name: str, blob: Blob, *, format: str, signature: dict[str, Any],
-        description: str = "", created_by: str = "", metrics: dict[str, Any] | None = None,
+        self,
+        project_id: int,
+        name: str,
+        blob: Blob,
+        *,
+        format: str,
+        signature: dict[str, Any],
+        description: str = "",
+        created_by: str = "",
+        metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Register a stored blob as the model's next version (numbers never collide)."""
@@ -144,11 +169,20 @@ class Registry:
             try:
                 with self._tx() as s:
                     m = self._model(s, project_id, ModelName(name))
-                    last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == m.id))
+                    last = s.scalar(
+                        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == m.id)
+                    )
                     v = ModelVersion(
-                        model_id=m.id, version=(last or 0) + 1, format=format, digest=blob.digest,
-                        size=blob.size, signature=signature, description=description,
-                        created_by=created_by, metrics=metrics or {}, lineage=lineage or {},
+                        model_id=m.id,
+                        version=(last or 0) + 1,
+                        format=format,
+                        digest=blob.digest,
+                        size=blob.size,
+                        signature=signature,
+                        description=description,
+                        created_by=created_by,
+                        metrics=metrics or {},
+                        lineage=lineage or {},
                     )
                     s.add(v)
                     s.flush()
@@ -168,7 +202,11 @@ class Registry:
     def get_version(self, project_id: int, name: str, version: int) -> ModelVersion:
         with self.sessions() as s:
             m = self._model(s, project_id, ModelName(name))
-            v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id, ModelVersion.version == version))
+            v = s.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.model_id == m.id, ModelVersion.version == version
+                )
+            )
             if v is None:
                 raise NotFound(
                     f"model {name!r} has no version {version}; list them with "
@@ -177,7 +215,9 @@ class Registry:
                 )
             return v
 
-    def resolve(self, project_id: int, name: str, selector: str | None = None) -> tuple[Model, ModelVersion]:
+    def resolve(
+        self, project_id: int, name: str, selector: str | None = None
+    ) -> tuple[Model, ModelVersion]:
         """Which version serves `name[:selector]`.
 
         No selector: the `production` alias if set, else the latest version.
@@ -186,15 +226,23 @@ class Registry:
         with self.sessions() as s:
             m = self._model(s, project_id, ModelName(name))
             if selector is not None and selector.isdigit():
-                v = s.scalar(select(ModelVersion).where(
-                    ModelVersion.model_id == m.id, ModelVersion.version == int(selector)))
+                v = s.scalar(
+                    select(ModelVersion).where(
+                        ModelVersion.model_id == m.id, ModelVersion.version == int(selector)
+                    )
+                )
                 if v is None:
-                    raise NotFound(f"model {name!r} has no version {selector}",
-                                   details={"model": name, "version": selector})
+                    raise NotFound(
+                        f"model {name!r} has no version {selector}",
+                        details={"model": name, "version": selector},
+                    )
                 return m, v
             alias_name = selector if selector is not None else DEFAULT_ALIAS
-            v = s.scalar(select(ModelVersion).join(Alias, Alias.version_id == ModelVersion.id)
-                         .where(Alias.model_id == m.id, Alias.name == alias_name))
+            v = s.scalar(
+                select(ModelVersion)
+                .join(Alias, Alias.version_id == ModelVersion.id)
+                .where(Alias.model_id == m.id, Alias.name == alias_name)
+            )
             if v is not None:
                 return m, v
             if selector is not None:
@@ -203,8 +251,12 @@ class Registry:
                     f"`modelworks models alias {name} {selector} VERSION`",
                     details={"model": name, "alias": selector},
                 )
-            v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == m.id)
-                         .order_by(ModelVersion.version.desc()).limit(1))
+            v = s.scalar(
+                select(ModelVersion)
+                .where(ModelVersion.model_id == m.id)
+                .order_by(ModelVersion.version.desc())
+                .limit(1)
+            )
             if v is None:
                 raise NotFound(
                     f"model {name!r} has no versions yet; upload one with "
@@ -220,8 +272,11 @@ class Registry:
             try:
                 with self._tx() as s:
                     m = self._model(s, project_id, ModelName(name))
-                    v = s.scalar(select(ModelVersion).where(
-                        ModelVersion.model_id == m.id, ModelVersion.version == version))
+                    v = s.scalar(
+                        select(ModelVersion).where(
+                            ModelVersion.model_id == m.id, ModelVersion.version == version
+                        )
+                    )
                     if v is None:
                         raise NotFound(
                             f"model {name!r} has no version {version}; list them with "
@@ -248,6 +303,8 @@ class Registry:
             m = self._model(s, project_id, ModelName(name))
             a = s.scalar(select(Alias).where(Alias.model_id == m.id, Alias.name == alias))
             if a is None:
-                raise NotFound(f"model {name!r} has no alias {alias!r}",
-                               details={"model": name, "alias": alias})
+                raise NotFound(
+                    f"model {name!r} has no alias {alias!r}",
+                    details={"model": name, "alias": alias},
+                )
             s.delete(a)

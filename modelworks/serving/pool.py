@@ -53,7 +53,9 @@ class ModelPool:
                 entry.error = exc.message
             except Exception as exc:  # a runtime's parser message may hold server paths
                 log.warning("model %s failed to load: %s", digest, exc)
-                entry.error = f"the runtime could not load this {format} model ({type(exc).__name__})"
+                entry.error = (
+                    f"the runtime could not load this {format} model ({type(exc).__name__})"
+                )
             entry.load_seconds = time.perf_counter() - started
             if entry.model is None:
                 # forget the failure so a later call retries (e.g. after a transient I/O error)

@@ -29,7 +29,9 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 EXTENSIONS: list[str] = []
 
 
-def _resolve(request: Request, p: Principal, model: str, version: str | None) -> tuple[Model, ModelVersion]:
+def _resolve(
+    request: Request, p: Principal, model: str, version: str | None
+) -> tuple[Model, ModelVersion]:
     name, selector = parse_model_ref(model)
     if version is not None:
         if selector is not None:
@@ -45,15 +47,18 @@ def _reject_constant(token: str) -> Any:
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes; send smaller batches",
-                              details={"limit": limit})
+        raise PayloadTooLarge(
+            f"request body exceeds {limit} bytes; send smaller batches", details={"limit": limit}
+        )
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes; send smaller batches",
-                                  details={"limit": limit})
+            raise PayloadTooLarge(
+                f"request body exceeds {limit} bytes; send smaller batches",
+                details={"limit": limit},
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -88,8 +93,12 @@ def _metadata(m: Model, v: ModelVersion, versions: list[int]) -> dict[str, Any]:
 
 @router.get("/models/{model}")
 @router.get("/models/{model}/versions/{version}")
-def model_metadata(model: str, request: Request, version: str | None = None,
-                   p: Principal = Depends(require("infer"))) -> dict[str, Any]:
+def model_metadata(
+    model: str,
+    request: Request,
+    version: str | None = None,
+    p: Principal = Depends(require("infer")),
+) -> dict[str, Any]:
     m, v = _resolve(request, p, model, version)
     versions = [x.version for x in services(request).registry.list_versions(p.project_id, m.name)]
     return _metadata(m, v, versions)
@@ -97,8 +106,12 @@ def model_metadata(model: str, request: Request, version: str | None = None,
 
 @router.get("/models/{model}/ready")
 @router.get("/models/{model}/versions/{version}/ready")
-def model_ready(model: str, request: Request, version: str | None = None,
-                p: Principal = Depends(require("infer"))) -> Response:
+def model_ready(
+    model: str,
+    request: Request,
+    version: str | None = None,
+    p: Principal = Depends(require("infer")),
+) -> Response:
     svc = services(request)
     m, v = _resolve(request, p, model, version)
     try:
@@ -110,8 +123,12 @@ def model_ready(model: str, request: Request, version: str | None = None,
 
 @router.post("/models/{model}/infer")
 @router.post("/models/{model}/versions/{version}/infer")
-async def infer(model: str, request: Request, version: str | None = None,
-                p: Principal = Depends(require("infer"))) -> Response:
+async def infer(
+    model: str,
+    request: Request,
+    version: str | None = None,
+    p: Principal = Depends(require("infer")),
+) -> Response:
     svc: Services = services(request)
     m, v = await to_thread.run_sync(_resolve, request, p, model, version)
     if any(k.lower() == "inference-header-content-length" for k in request.headers):
@@ -134,24 +151,31 @@ async def infer(model: str, request: Request, version: str | None = None,
         name = item["name"]
         if name in feeds:
             raise InvalidInput(f"input {name!r} is given twice")
-        feeds[name] = from_json(name, item.get("datatype"), item.get("shape"), item.get("data"),
-                                svc.settings.max_tensor_elements)
+        feeds[name] = from_json(
+            name,
+            item.get("datatype"),
+            item.get("shape"),
+            item.get("data"),
+            svc.settings.max_tensor_elements,
+        )
     check_against_signature(v.signature, feeds)
     known = [o["name"] for o in v.signature.get("outputs", [])]
-    wanted = None
+    wanted: list[str] | None = None
     if isinstance(req.get("outputs"), list) and req["outputs"]:
         wanted = []
         for out in req["outputs"]:
             oname = out.get("name") if isinstance(out, dict) else None
             if oname not in known:
                 raise InvalidInput(f"unknown output {oname!r}; the model's outputs are {known}")
-            wanted.append(oname)
+            wanted.append(str(oname))
     runtime = await to_thread.run_sync(svc.pool.get, v.digest, v.format, v.signature)
     try:
-        results = await to_thread.run_sync(runtime.predict, feeds, wanted)
+        results = await to_thread.run_sync(lambda: runtime.predict(feeds, wanted))
     except Exception as exc:
-        raise InvalidInput(f"the model could not run on this input ({type(exc).__name__}); "
-                           "check shapes and value ranges against the model's signature") from None
+        raise InvalidInput(
+            f"the model could not run on this input ({type(exc).__name__}); "
+            "check shapes and value ranges against the model's signature"
+        ) from None
     response: dict[str, Any] = {"model_name": m.name, "model_version": str(v.version)}
     if isinstance(req.get("id"), str):
         response["id"] = req["id"]
