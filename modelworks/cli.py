@@ -380,6 +380,39 @@ def keys_create(
             print(k["key"])
 
 
+@keys_app.command("bootstrap")
+def keys_bootstrap(
+    home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL (overrides the setting).")
+    ] = None,
+) -> None:
+    """Mint an admin key straight in the database (for a lost key; needs access to the home)."""
+    with handled():
+        from modelworks.auth.keys import KeyService
+        from modelworks.db import make_engine, make_sessionmaker, upgrade
+        from modelworks.registry import Registry
+        from modelworks.store import ArtifactStore
+
+        settings = _settings(home=home, database_url=database_url)
+        upgrade(settings.resolved_database_url)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            sessions = make_sessionmaker(engine)
+            store = ArtifactStore(settings.resolved_store_url, scratch=settings.home / "tmp")
+            project = Registry(sessions, store).project_id("default")
+            key, secret = KeyService(sessions).create(
+                project_id=project,
+                role="admin",
+                name="bootstrap (cli)",
+                created_by="keys bootstrap",
+            )
+        finally:
+            engine.dispose()
+        err.print(f"created admin key {key.id} ({key.prefix}…); the secret, shown once:")
+        print(secret)
+
+
 @keys_app.command("list")
 def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
     """List API keys (prefixes only; secrets are never shown again)."""

@@ -19,9 +19,7 @@ BIAS = -3.0
 log = logging.getLogger("modelworks.demo")
 
 
-def build_demo_onnx(
-    path: Path, weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS
-) -> Path:
+def build_demo_onnx(path: Path, weights: tuple[float, ...] = WEIGHTS, bias: float = BIAS) -> Path:
     """Write the demo model: sensors FP32 [-1, 4] -> failure_probability FP32 [-1, 1]."""
     import numpy as np
     import onnx

@@ -17,8 +17,9 @@ class SyncASGITransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
-        inner_request = httpx.Request(request.method, request.url, headers=request.headers,
-                                      content=body)
+        inner_request = httpx.Request(
+            request.method, request.url, headers=request.headers, content=body
+        )
 
         async def call() -> tuple[int, httpx.Headers, bytes]:
             response = await self._inner.handle_async_request(inner_request)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
-import httpx
 
 from modelworks.api.app import create_app
 from modelworks.api.services import Services
@@ -92,8 +92,11 @@ def transport(app: FastAPI) -> Iterator[SyncASGITransport]:
 @pytest.fixture
 def http(transport: SyncASGITransport, admin_key: str) -> Iterator[httpx.Client]:
     """Raw HTTP against the in-process app, authenticated as admin."""
-    with httpx.Client(transport=transport, base_url="http://testserver",
-                      headers={"Authorization": f"Bearer {admin_key}"}) as c:
+    with httpx.Client(
+        transport=transport,
+        base_url="http://testserver",
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ) as c:
         yield c
 
 
@@ -124,8 +127,11 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

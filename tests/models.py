@@ -9,15 +9,23 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def linear_onnx(path: Path, n_in: int = 4, n_out: int = 2, seed: int = 0,
-                input_name: str = "x", output_name: str = "y") -> Path:
+def linear_onnx(
+    path: Path,
+    n_in: int = 4,
+    n_out: int = 2,
+    seed: int = 0,
+    input_name: str = "x",
+    output_name: str = "y",
+) -> Path:
     """y = x @ W + b with seeded weights; input FP32 [batch, n_in]."""
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.standard_normal((n_in, n_out)).astype(np.float32), "W")
     b = numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", [input_name, "W"], ["xw"]),
-         helper.make_node("Add", ["xw", "b"], [output_name])],
+        [
+            helper.make_node("MatMul", [input_name, "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], [output_name]),
+        ],
         "linear",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", n_in])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],

@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from modelworks.client import Client
 from tests.models import linear_onnx, linear_reference

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1", tags=["keys"])
 
 def _project_names(request: Request) -> dict[int, str]:
     with services(request).sessions() as s:
-        return dict(s.execute(select(Project.id, Project.name)).tuples().all())
+        return {pid: name for pid, name in s.execute(select(Project.id, Project.name))}
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
