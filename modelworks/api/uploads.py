@@ -62,6 +62,10 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
         raise
     except Exception:
         raise BadRequest("malformed multipart body; send it as multipart/form-data") from None
+    if not reader.ended:
+        raise BadRequest(
+            "malformed multipart body: it ends before its closing boundary; nothing was stored"
+        )
     form = reader.form
     if not form.file_seen:
         raise ValidationFailed(
@@ -85,6 +89,7 @@ class _FormReader:
         self.header = b""
         self.value = b""
         self.buf = bytearray()
+        self.ended = False
 
     def callbacks(self) -> Any:
         return {
@@ -95,6 +100,7 @@ class _FormReader:
             "on_header_value": self.on_header_value,
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -137,3 +143,6 @@ class _FormReader:
     def on_part_end(self) -> None:
         if self.part_name and self.part_name != self.file_field:
             self.form.fields[self.part_name] = self.buf.decode(errors="replace")
+
+    def on_end(self) -> None:
+        self.ended = True  # only called once the closing boundary has been parsed
