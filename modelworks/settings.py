@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="Intra-op threads per ONNX Runtime session. 0: one per core."
     )
+    batch_max_size: int = Field(
+        32, ge=1, le=4096, description="Most rows the dynamic batcher stacks into one run."
+    )
+    batch_max_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a small batch under load waits for more requests."
+    )
+    queue_size: int = Field(
+        512, ge=1, description="Requests queued per model before it answers 503 with Retry-After."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of an inference request; past it the request gets 504."
+    )
     log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
 
     @model_validator(mode="after")

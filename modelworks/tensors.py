@@ -162,3 +162,52 @@ def check_against_signature(signature: dict[str, Any], feeds: dict[str, np.ndarr
                 f"(-1 = any size; signature: {described})",
                 details={"inputs": list(expected.values())},
             )
+
+
+def from_binary(name: str, datatype: Any, shape: Any, blob: bytes, max_elements: int) -> np.ndarray:
+    """Decode one tensor of the binary tensor extension (little-endian, row-major)."""
+    if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
+        raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
+    count = element_count(name, shape, max_elements)
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        view = memoryview(blob)
+        offset = 0
+        for i in range(count):
+            if offset + 4 > len(view):
+                raise InvalidInput(f"input {name!r}: BYTES data ends before element {i}")
+            length = int.from_bytes(view[offset : offset + 4], "little")
+            offset += 4
+            if offset + length > len(view):
+                raise InvalidInput(
+                    f"input {name!r}: BYTES element {i} claims {length} bytes, "
+                    "past the end of its data"
+                )
+            arr[i] = bytes(view[offset : offset + length])
+            offset += length
+        if offset != len(view):
+            raise InvalidInput(
+                f"input {name!r}: {len(view) - offset} bytes left after {count} elements"
+            )
+        return arr.reshape(shape)
+    dtype = np.dtype(NUMPY_TYPES[datatype]).newbyteorder("<")
+    expected = count * dtype.itemsize
+    if len(blob) != expected:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} as {datatype} needs {expected} bytes, got {len(blob)}"
+        )
+    arr = np.frombuffer(blob, dtype=dtype).reshape(shape)
+    if datatype == "BOOL":
+        arr = arr.astype(np.bool_)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def to_binary(arr: np.ndarray) -> bytes:
+    """Encode one output tensor for the binary tensor extension."""
+    if arr.dtype.kind in ("O", "S", "U"):
+        parts = []
+        for x in arr.reshape(-1):
+            b = x if isinstance(x, bytes) else str(x).encode()
+            parts.append(len(b).to_bytes(4, "little") + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()

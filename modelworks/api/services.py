@@ -12,6 +12,7 @@ from modelworks.auth.audit import AuditLog
 from modelworks.auth.keys import KeyService
 from modelworks.db import make_engine, make_sessionmaker
 from modelworks.registry import Registry
+from modelworks.serving.batcher import BatchSettings
 from modelworks.serving.pool import ModelPool
 from modelworks.settings import Settings
 from modelworks.store import ArtifactStore
@@ -43,7 +44,16 @@ class Services:
             registry=registry,
             keys=KeyService(sessions),
             audit=AuditLog(sessions),
-            pool=ModelPool(store, threads=settings.inference_threads),
+            pool=ModelPool(
+                store,
+                threads=settings.inference_threads,
+                batching=BatchSettings(
+                    max_batch_size=settings.batch_max_size,
+                    max_delay_ms=settings.batch_max_delay_ms,
+                    max_queue=settings.queue_size,
+                    timeout_s=settings.request_timeout_s,
+                ),
+            ),
             default_project_id=registry.project_id("default"),
         )
 

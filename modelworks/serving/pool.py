@@ -10,6 +10,7 @@ from typing import Any
 
 from modelworks.errors import ModelworksError, ServiceUnavailable
 from modelworks.runtimes import LoadedModel, load
+from modelworks.serving.batcher import Batcher, BatchSettings
 from modelworks.store import ArtifactStore
 
 log = logging.getLogger("modelworks.serving")
@@ -26,11 +27,25 @@ class Entry:
 class ModelPool:
     """Keyed by digest: two versions with the same bytes share one session."""
 
-    def __init__(self, store: ArtifactStore, threads: int = 0) -> None:
+    def __init__(
+        self, store: ArtifactStore, threads: int = 0, batching: BatchSettings | None = None
+    ) -> None:
         self.store = store
         self.threads = threads
+        self.batching = batching or BatchSettings()
         self._entries: dict[str, Entry] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._guard = threading.Lock()
+
+    def batcher(self, digest: str, model: LoadedModel, name: str) -> Batcher:
+        """The batcher of a loaded artifact (created on first use, on the event loop)."""
+        b = self._batchers.get(digest)
+        if b is None or b.model is not model:
+            b = self._batchers[digest] = Batcher(model, self.batching, name=name)
+        return b
+
+    def batchers(self) -> dict[str, Batcher]:
+        return dict(self._batchers)
 
     def _entry(self, digest: str) -> Entry:
         with self._guard:
@@ -71,3 +86,4 @@ class ModelPool:
     def drop(self, digest: str) -> None:
         with self._guard:
             self._entries.pop(digest, None)
+            self._batchers.pop(digest, None)

@@ -1,4 +1,5 @@
-"""Open Inference Protocol v2 over REST (KServe / Triton), JSON tensors.
+"""Open Inference Protocol v2 over REST (KServe / Triton): JSON tensors and the binary
+tensor extension (what tritonclient sends by default).
 
 Errors here are `{"error": "<message>"}` and success is exactly 200, as tritonclient expects.
 A model name may carry a selector: `name` (alias `production`, else the latest version),
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
@@ -23,10 +25,17 @@ from modelworks.auth.keys import Principal
 from modelworks.db.tables import Model, ModelVersion
 from modelworks.errors import BadRequest, InvalidInput, ModelworksError, PayloadTooLarge
 from modelworks.registry import parse_model_ref
-from modelworks.tensors import check_against_signature, from_json, to_json
+from modelworks.tensors import (
+    check_against_signature,
+    datatype_of,
+    from_binary,
+    from_json,
+    to_binary,
+    to_json,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["binary_tensor_data"]
 
 
 def _resolve(
@@ -131,63 +140,128 @@ async def infer(
 ) -> Response:
     svc: Services = services(request)
     m, v = await to_thread.run_sync(_resolve, request, p, model, version)
-    if any(k.lower() == "inference-header-content-length" for k in request.headers):
-        raise BadRequest(
-            "the binary tensor extension is not supported yet; send JSON tensors "
-            "(tritonclient: set_data_from_numpy(x, binary_data=False) and "
-            "InferRequestedOutput(name, binary_data=False))"
-        )
     body = await read_body(request, svc.settings.max_request_bytes)
+    req, feeds = decode_request(request, body, svc.settings.max_tensor_elements)
+    check_against_signature(v.signature, feeds)
+    wanted, binary = requested_outputs(req, [o["name"] for o in v.signature.get("outputs", [])])
+    runtime = await to_thread.run_sync(svc.pool.get, v.digest, v.format, v.signature)
+    batcher = svc.pool.batcher(v.digest, runtime, f"{m.name}:{v.version}")
     try:
-        req = json.loads(body, parse_constant=_reject_constant)
+        results = await batcher.submit(feeds)
+    except ModelworksError:
+        raise
+    except Exception:
+        raise InvalidInput(
+            "the model could not run on this input; "
+            "check shapes and value ranges against the model's signature"
+        ) from None
+    head: dict[str, Any] = {"model_name": m.name, "model_version": str(v.version)}
+    if isinstance(req.get("id"), str):
+        head["id"] = req["id"]
+    outputs = []
+    blobs = []
+    for name in wanted:
+        arr = results[name]
+        out: dict[str, Any] = {"name": name, "datatype": _datatype(arr), "shape": list(arr.shape)}
+        if binary[name] or arr.dtype == np.float16:
+            blob = to_binary(arr)
+            out["datatype"] = datatype_of(arr)
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = to_json(arr)
+        outputs.append(out)
+    head["outputs"] = outputs
+    if not blobs:
+        return JSONResponse(head)
+    header = json.dumps(head, separators=(",", ":")).encode()
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def decode_request(
+    request: Request, body: bytes, max_elements: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Split JSON header and binary tail (if any) and decode every input tensor."""
+    header_len = request.headers.get("inference-header-content-length")
+    if header_len is not None:
+        if not header_len.strip().isdigit():
+            raise BadRequest("Inference-Header-Content-Length must be a non-negative integer")
+        n = int(header_len)
+        if n == 0:
+            raise BadRequest(
+                "raw binary requests (Inference-Header-Content-Length: 0) are not "
+                "supported; send a JSON header before the binary data"
+            )
+        if n > len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {n} but the body has only {len(body)} bytes"
+            )
+        head, tail = body[:n], memoryview(body)[n:]
+    else:
+        head, tail = body, memoryview(b"")
+    try:
+        req = json.loads(head, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise BadRequest("the request needs a non-empty 'inputs' list")
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
     for item in req["inputs"]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise BadRequest("each input needs a 'name', 'shape', 'datatype' and 'data'")
         name = item["name"]
         if name in feeds:
             raise InvalidInput(f"input {name!r} is given twice")
-        feeds[name] = from_json(
-            name,
-            item.get("datatype"),
-            item.get("shape"),
-            item.get("data"),
-            svc.settings.max_tensor_elements,
+        params = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
+        size = params.get("binary_data_size") if params else None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(tail):
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(tail) - offset} bytes left)"
+                )
+            blob = bytes(tail[offset : offset + size])
+            offset += size
+            feeds[name] = from_binary(
+                name, item.get("datatype"), item.get("shape"), blob, max_elements
+            )
+        else:
+            feeds[name] = from_json(
+                name, item.get("datatype"), item.get("shape"), item.get("data"), max_elements
+            )
+    if offset != len(tail):
+        raise BadRequest(f"{len(tail) - offset} bytes of binary data follow the last input")
+    return req, feeds
+
+
+def requested_outputs(req: dict[str, Any], known: list[str]) -> tuple[list[str], dict[str, bool]]:
+    """Which outputs to return, and which of them as binary."""
+    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+    default_binary = bool(params.get("binary_data_output", False)) if params else False
+    requested = req.get("outputs")
+    if not isinstance(requested, list) or not requested:
+        return known, dict.fromkeys(known, default_binary)
+    wanted: list[str] = []
+    binary: dict[str, bool] = {}
+    for out in requested:
+        name = out.get("name") if isinstance(out, dict) else None
+        if name not in known:
+            raise InvalidInput(f"unknown output {name!r}; the model's outputs are {known}")
+        oparams = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
+        wanted.append(str(name))
+        binary[str(name)] = (
+            bool(oparams.get("binary_data", default_binary)) if oparams else default_binary
         )
-    check_against_signature(v.signature, feeds)
-    known = [o["name"] for o in v.signature.get("outputs", [])]
-    wanted: list[str] | None = None
-    if isinstance(req.get("outputs"), list) and req["outputs"]:
-        wanted = []
-        for out in req["outputs"]:
-            oname = out.get("name") if isinstance(out, dict) else None
-            if oname not in known:
-                raise InvalidInput(f"unknown output {oname!r}; the model's outputs are {known}")
-            wanted.append(str(oname))
-    runtime = await to_thread.run_sync(svc.pool.get, v.digest, v.format, v.signature)
-    try:
-        results = await to_thread.run_sync(lambda: runtime.predict(feeds, wanted))
-    except Exception as exc:
-        raise InvalidInput(
-            f"the model could not run on this input ({type(exc).__name__}); "
-            "check shapes and value ranges against the model's signature"
-        ) from None
-    response: dict[str, Any] = {"model_name": m.name, "model_version": str(v.version)}
-    if isinstance(req.get("id"), str):
-        response["id"] = req["id"]
-    response["outputs"] = [
-        {"name": n, "datatype": _datatype(arr), "shape": list(arr.shape), "data": to_json(arr)}
-        for n, arr in results.items()
-    ]
-    return JSONResponse(response)
+    return wanted, binary
 
 
 def _datatype(arr: Any) -> str:
-    from modelworks.tensors import datatype_of
-
     dt = datatype_of(arr)
     return "FP32" if dt == "FP16" else dt

@@ -1,0 +1,172 @@
+"""Dynamic batching per served model version.
+
+Requests queue (bounded); one worker takes whatever is waiting, up to `max_batch_size` rows,
+stacks it along the batch axis and runs it in a thread. When the model is idle a request runs
+at once (no waiting for company); under load batches form while the previous one runs, and
+`max_delay_ms` lets a small batch wait that long for more. A full queue answers 503 with
+Retry-After at once; a request whose deadline passes before its batch starts is dropped (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+
+from modelworks.errors import ModelworksError, ServiceUnavailable
+from modelworks.runtimes import LoadedModel
+
+log = logging.getLogger("modelworks.serving")
+
+
+class DeadlineExceeded(ModelworksError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+@dataclass
+class BatchSettings:
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 512
+    timeout_s: float = 30.0
+
+
+@dataclass
+class _Item:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    deadline: float
+    future: asyncio.Future[dict[str, np.ndarray]]
+    key: tuple[Any, ...] = field(default=())
+
+
+class Batcher:
+    def __init__(self, model: LoadedModel, settings: BatchSettings, name: str = "") -> None:
+        self.model = model
+        self.settings = settings
+        self.name = name
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=settings.max_queue)
+        self._task: asyncio.Task[None] | None = None
+        self.batchable = all(
+            (i.get("shape") or [0])[0] == -1 for i in model.signature.get("inputs", [])
+        ) and bool(model.signature.get("inputs"))
+        self.batches = 0
+        self.on_batch: Any = None  # callback(size_rows, seconds) for metrics
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def submit(
+        self, feeds: dict[str, np.ndarray], timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher:{self.name}"
+            )
+        first = next(iter(feeds.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        loop = asyncio.get_running_loop()
+        # items whose non-batch dims differ cannot be stacked together
+        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
+        item = _Item(
+            feeds,
+            rows,
+            loop.time() + (timeout_s or self.settings.timeout_s),
+            loop.create_future(),
+            key,
+        )
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise ServiceUnavailable(
+                f"model {self.name!r} is at capacity ({self.settings.max_queue} requests queued); "
+                "retry shortly",
+                details={"retry_after": 1},
+            ) from None
+        return await item.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self.queue.get()
+            batch = [item]
+            rows = item.rows
+            if self.batchable:
+                rows = self._drain(batch, rows)
+                if (
+                    rows < self.settings.max_batch_size
+                    and len(batch) > 1
+                    and self.settings.max_delay_ms > 0
+                ):
+                    await asyncio.sleep(self.settings.max_delay_ms / 1000)
+                    rows = self._drain(batch, rows)
+            now = loop.time()
+            live = []
+            for it in batch:
+                if it.future.done():
+                    continue
+                if it.deadline < now:
+                    it.future.set_exception(
+                        DeadlineExceeded(
+                            f"model {self.name!r} did not start this request before its deadline; "
+                            "the server is overloaded, retry later"
+                        )
+                    )
+                    continue
+                live.append(it)
+            groups: dict[tuple[Any, ...], list[_Item]] = {}
+            for it in live:
+                groups.setdefault(it.key, []).append(it)
+            for group in groups.values():
+                await self._execute(group)
+
+    def _drain(self, batch: list[_Item], rows: int) -> int:
+        while rows < self.settings.max_batch_size:
+            try:
+                nxt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            batch.append(nxt)
+            rows += nxt.rows
+        return rows
+
+    async def _execute(self, group: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            if len(group) == 1:
+                results = [await to_thread.run_sync(self.model.predict, group[0].feeds)]
+            else:
+                names = list(group[0].feeds)
+                stacked = {n: np.concatenate([it.feeds[n] for it in group]) for n in names}
+                out = await to_thread.run_sync(self.model.predict, stacked)
+                total = sum(it.rows for it in group)
+                if any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
+                    results = [
+                        await to_thread.run_sync(self.model.predict, it.feeds) for it in group
+                    ]
+                else:
+                    bounds = np.cumsum([it.rows for it in group])[:-1]
+                    parts = {n: np.split(a, bounds) for n, a in out.items()}
+                    results = [{n: parts[n][i] for n in out} for i in range(len(group))]
+        except Exception as exc:
+            for it in group:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(sum(it.rows for it in group), time.perf_counter() - started)
+        for it, res in zip(group, results, strict=True):
+            if not it.future.done():
+                it.future.set_result(res)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,151 @@
+"""The dynamic batcher: correct fan-out, real batching under concurrency, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from modelworks.errors import ServiceUnavailable
+from modelworks.runtimes.onnx import OnnxModel
+from modelworks.serving.batcher import Batcher, BatchSettings, DeadlineExceeded
+from tests.models import linear_onnx, linear_reference
+
+SIGNATURE = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+}
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> OnnxModel:
+    return OnnxModel(linear_onnx(tmp_path / "m.onnx"), SIGNATURE, threads=1)
+
+
+class Gated:
+    """The real model behind a gate, so a test can hold a batch in flight."""
+
+    def __init__(self, inner: OnnxModel) -> None:
+        self.inner = inner
+        self.signature = inner.signature
+        self.gate = threading.Event()
+        self.calls: list[int] = []
+
+    def predict(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> Any:
+        self.gate.wait(10)
+        self.calls.append(int(feeds["x"].shape[0]))
+        return self.inner.predict(feeds, outputs)
+
+
+def test_concurrent_requests_are_batched_and_fanned_out(model: OnnxModel) -> None:
+    gated = Gated(model)
+    batcher = Batcher(gated, BatchSettings(max_batch_size=64, max_delay_ms=0), name="m")
+    xs = [np.full((1 + i % 3, 4), i, dtype=np.float32) for i in range(40)]
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        tasks = [asyncio.create_task(batcher.submit({"x": x})) for x in xs]
+        await asyncio.sleep(0.05)  # all queued behind the first, gated, run
+        gated.gate.set()
+        results = await asyncio.gather(*tasks)
+        await batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    for x, r in zip(xs, results, strict=True):
+        np.testing.assert_allclose(r["y"], linear_reference(x), rtol=1e-5)
+    assert len(gated.calls) < len(xs), "requests should share runs"
+    assert max(gated.calls) > 3
+    assert sum(gated.calls) == sum(x.shape[0] for x in xs)
+
+
+def test_max_batch_size_is_respected(model: OnnxModel) -> None:
+    gated = Gated(model)
+    batcher = Batcher(gated, BatchSettings(max_batch_size=4, max_delay_ms=0), name="m")
+
+    async def main() -> None:
+        tasks = [
+            asyncio.create_task(batcher.submit({"x": np.ones((1, 4), np.float32)}))
+            for _ in range(12)
+        ]
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        await asyncio.gather(*tasks)
+        await batcher.close()
+
+    asyncio.run(main())
+    assert max(gated.calls) <= 4
+
+
+def test_full_queue_answers_503_with_retry_after(model: OnnxModel) -> None:
+    gated = Gated(model)
+    batcher = Batcher(gated, BatchSettings(max_queue=2, max_delay_ms=0), name="m")
+
+    async def main() -> None:
+        x = {"x": np.ones((1, 4), np.float32)}
+        first = asyncio.create_task(batcher.submit(x))
+        await asyncio.sleep(0.05)  # the worker holds the first item
+        queued = [asyncio.create_task(batcher.submit(x)) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ServiceUnavailable) as exc:
+            await batcher.submit(x)
+        assert exc.value.details["retry_after"] == 1
+        gated.gate.set()
+        await asyncio.gather(first, *queued)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_request_past_its_deadline_is_dropped(model: OnnxModel) -> None:
+    gated = Gated(model)
+    batcher = Batcher(gated, BatchSettings(max_delay_ms=0), name="m")
+
+    async def main() -> None:
+        x = {"x": np.ones((1, 4), np.float32)}
+        first = asyncio.create_task(batcher.submit(x))
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(batcher.submit(x, timeout_s=0.01))
+        await asyncio.sleep(0.1)
+        gated.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await batcher.close()
+
+    asyncio.run(main())
+    assert gated.calls == [1], "the expired request never ran"
+
+
+def test_a_variable_batch_dim_makes_a_model_batchable(tmp_path: Path) -> None:
+    # the signature read at upload marks dim 0 as -1, so requests can be stacked
+    from modelworks.registry.formats import inspect_onnx
+
+    path = linear_onnx(tmp_path / "m.onnx")
+    m = OnnxModel(path, inspect_onnx(path), threads=1)
+    b = Batcher(m, BatchSettings(), name="m")
+    assert b.batchable
+
+
+def test_503_reaches_the_client(http: httpx.Client, services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from modelworks.errors import ServiceUnavailable as SU
+
+    files = {"file": ("m.onnx", linear_onnx(tmp_path / "m.onnx").read_bytes())}
+    http.post("/api/v1/models", json={"name": "m"})
+    assert http.post("/api/v1/models/m/versions", files=files).status_code == 201
+
+    async def full(*_a: Any, **_k: Any) -> Any:
+        raise SU("model 'm:1' is at capacity; retry shortly", details={"retry_after": 1})
+
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    assert http.post("/v2/models/m/infer", json=body).status_code == 200
+    (batcher,) = services.pool.batchers().values()
+    batcher.submit = full
+    r = http.post("/v2/models/m/infer", json=body)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert "capacity" in r.json()["error"]
