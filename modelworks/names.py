@@ -38,7 +38,7 @@ class AliasName(str):
 
     def __new__(cls, value: str) -> AliasName:
         _check("alias", value)
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             raise ValidationFailed(
                 f"invalid alias name {value!r}: an alias cannot be all digits "
                 "(that reads as a version number); use e.g. 'production' or 'v2'"

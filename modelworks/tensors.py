@@ -93,7 +93,13 @@ def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int
         else:
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
                 raise InvalidInput(f"input {name!r}: {datatype} elements must be numbers")
-            arr = np.asarray(flat, dtype=NUMPY_TYPES[datatype])
+            with np.errstate(over="ignore"):
+                arr = np.asarray(flat, dtype=NUMPY_TYPES[datatype])
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InvalidInput(
+                    f"input {name!r}: values must be finite numbers that fit {datatype}"
+                    + (" (at most ±3.4e38)" if datatype == "FP32" else "")
+                )
     except (ValueError, OverflowError, TypeError) as exc:
         raise InvalidInput(
             f"input {name!r}: data does not fit datatype {datatype} ({exc})"

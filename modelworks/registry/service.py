@@ -225,10 +225,11 @@ class Registry:
         """
         with self.sessions() as s:
             m = self._model(s, project_id, ModelName(name))
-            if selector is not None and selector.isdigit():
+            if selector is not None and selector.isascii() and selector.isdigit():
+                number = int(selector) if len(selector) <= 9 else -1  # beyond any version
                 v = s.scalar(
                     select(ModelVersion).where(
-                        ModelVersion.model_id == m.id, ModelVersion.version == int(selector)
+                        ModelVersion.model_id == m.id, ModelVersion.version == number
                     )
                 )
                 if v is None:

@@ -173,13 +173,22 @@ async def infer(
         outputs.append(out)
     head["outputs"] = outputs
     if not blobs:
-        return JSONResponse(head)
+        return ProtocolJSON(head)
     header = json.dumps(head, separators=(",", ":")).encode()
     return Response(
         header + b"".join(blobs),
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
+
+
+class ProtocolJSON(JSONResponse):
+    """JSON that may carry NaN/Infinity tokens (as TF-Serving does): a model's output can
+    overflow, and a lossy or failed answer would be worse. Python's json and tritonclient's
+    rapidjson both read them."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
 
 
 def decode_request(
