@@ -56,21 +56,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+_open_clients: list[Any] = []
+
+
 @contextmanager
 def handled() -> Iterator[None]:
-    """Errors become one line on stderr with exit code 1; tracebacks only with --debug."""
+    """Errors become one line on stderr with exit code 1; tracebacks only with MODELWORKS_DEBUG."""
     try:
         yield
     except ModelworksError as exc:
         if os.environ.get("MODELWORKS_DEBUG"):
             raise
         fail(exc.message)
+    finally:
+        while _open_clients:
+            _open_clients.pop().close()
 
 
 def client(url: str | None, api_key: str | None) -> Any:
+    """An SDK client, closed when the surrounding `handled()` block ends."""
     from modelworks.client import Client
 
-    return Client(url, api_key)
+    c = Client(url, api_key)
+    _open_clients.append(c)
+    return c
 
 
 def emit_json(data: Any) -> None:
