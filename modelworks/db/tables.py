@@ -56,6 +56,8 @@ class Model(Base):
     task: Mapped[str] = mapped_column(String(64), default="tensor")
     description: Mapped[str] = mapped_column(Text, default="")
     tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # serving options: max_batch_size, max_delay_ms (defaults by task when absent)
+    serving: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -94,6 +96,12 @@ class ModelVersion(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # artifacts derived from the upload, e.g. {"onnx": {"digest": ..., "size": ...}} for a
+    # transformers folder exported to ONNX; the upload itself stays immutable
+    artifacts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # "ready", "converting" (an export is running) or "failed" (see status_reason)
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    status_reason: Mapped[str] = mapped_column(Text, default="")
 
     model: Mapped[Model] = relationship(back_populates="versions")
 

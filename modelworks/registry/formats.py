@@ -13,10 +13,15 @@ from typing import Any
 
 from modelworks.errors import UnsupportedFormat, ValidationFailed
 
-ACCEPTED = "ONNX (.onnx)"
+ACCEPTED = [
+    "ONNX (.onnx)",
+    "Hugging Face folder (zip/tar of config.json, *.safetensors, tokenizer.json)",
+]
+ACCEPTED_TEXT = "; ".join(ACCEPTED)
 CONVERT_HINT = (
-    "export PyTorch models with torch.onnx.export, scikit-learn models with skl2onnx, "
-    "Keras/TensorFlow models with tf2onnx"
+    "export PyTorch models with torch.onnx.export, scikit-learn models with "
+    "`modelworks convert` (skl2onnx), Keras/TensorFlow models with tf2onnx; save Hugging Face "
+    "models with save_pretrained(dir, safe_serialization=True) and upload the folder zipped"
 )
 UNSAFE_SUFFIXES = {
     ".pkl",
@@ -55,9 +60,9 @@ ONNX_TO_OIP = {
 
 def _refuse_unsafe(kind: str) -> UnsupportedFormat:
     return UnsupportedFormat(
-        f"{kind} files are refused: loading them runs code. Accepted formats: {ACCEPTED}. "
+        f"{kind} files are refused: loading them runs code. Accepted formats: {ACCEPTED_TEXT}. "
         f"To convert: {CONVERT_HINT}.",
-        details={"accepted": [ACCEPTED]},
+        details={"accepted": ACCEPTED},
     )
 
 
@@ -84,27 +89,98 @@ def _zip_holds_pickle(path: Path) -> bool:
         return False
 
 
-def detect_and_inspect(path: Path, filename: str) -> tuple[str, dict[str, Any]]:
+def detect_and_inspect(
+    path: Path, filename: str, task: str = "tensor", scratch: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     """Return (format, signature) for the uploaded file at `path`, or raise a 4xx error."""
+    from modelworks.archives import archive_kind
+
     with open(path, "rb") as fh:
         head = fh.read(16)
     sniff_unsafe(head, filename)
-    if head.startswith(b"PK\x03\x04"):
-        if _zip_holds_pickle(path):
-            raise _refuse_unsafe("PyTorch/TorchScript archive")
-        raise UnsupportedFormat(
-            f"archives are not accepted as a model file yet. Accepted formats: {ACCEPTED}. "
-            f"To convert: {CONVERT_HINT}.",
-            details={"accepted": [ACCEPTED]},
-        )
+    if head.startswith(b"PK\x03\x04") and _zip_holds_pickle(path):
+        raise _refuse_unsafe("PyTorch/TorchScript archive")
+    if archive_kind(path) is not None:
+        return "transformers", inspect_transformers(path, task, scratch or path.parent)
     return "onnx", inspect_onnx(path)
+
+
+TEXT_TASKS = ("embeddings", "text-classification")
+
+
+def inspect_transformers(path: Path, task: str, scratch: Path) -> dict[str, Any]:
+    """A zip/tar of a Hugging Face folder: config.json, *.safetensors, tokenizer.json."""
+    import json
+    import shutil
+    import tempfile
+
+    from modelworks.archives import extract_archive
+
+    if task not in TEXT_TASKS:
+        raise ValidationFailed(
+            "this upload is a Hugging Face model folder; its model needs the task 'embeddings' "
+            "or 'text-classification' (modelworks models create NAME --task embeddings)"
+        )
+    tmp = Path(tempfile.mkdtemp(dir=scratch, prefix="inspect-"))
+    try:
+        members = extract_archive(path, tmp / "x")
+        tops = {m.split("/", 1)[0] for m in members}
+        root = next(iter(tops)) if len(tops) == 1 and all("/" in m for m in members) else ""
+        files = [m[len(root) + 1 :] if root else m for m in members]
+        unsafe = sorted(f for f in files if PurePosixPath(f).suffix.lower() in UNSAFE_SUFFIXES)
+        if unsafe:
+            raise _refuse_unsafe(f"the folder holds {unsafe[0]!r}; pickle-based weights") from None
+        missing = [f for f in ("config.json", "tokenizer.json") if f not in files]
+        if not any(f.endswith(".safetensors") for f in files):
+            missing.append("*.safetensors")
+        if missing:
+            raise ValidationFailed(
+                f"the model folder lacks {', '.join(missing)}; save it with "
+                "model.save_pretrained(dir, safe_serialization=True) and "
+                "tokenizer.save_pretrained(dir), then zip the folder"
+            )
+        from modelworks.runtimes.text import TextConfig
+
+        cfg = TextConfig(tmp / "x" / root if root else tmp / "x")
+        if not cfg.config:
+            raise ValidationFailed("config.json is not a JSON object")
+        try:
+            json.loads(
+                (tmp / "x" / root / "tokenizer.json").read_text()
+                if root
+                else (tmp / "x" / "tokenizer.json").read_text()
+            )
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationFailed("tokenizer.json is not valid JSON") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text_in = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    sig: dict[str, Any] = {
+        "inputs": text_in,
+        "root": root,
+        "max_length": cfg.max_length,
+        "architectures": cfg.config.get("architectures") or [],
+    }
+    if task == "embeddings":
+        sig["outputs"] = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.hidden_size]}]
+        sig["dimensions"] = cfg.hidden_size
+        sig["pooling"] = cfg.pooling
+        sig["normalize"] = cfg.normalize
+    else:
+        labels = cfg.labels or ["LABEL_0", "LABEL_1"]
+        sig["outputs"] = [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        ]
+        sig["labels"] = labels
+    return sig
 
 
 def _not_onnx() -> UnsupportedFormat:
     return UnsupportedFormat(
-        f"the file is not a valid ONNX model. Accepted formats: {ACCEPTED}. "
+        f"the file is not a valid ONNX model. Accepted formats: {ACCEPTED_TEXT}. "
         f"To convert: {CONVERT_HINT}.",
-        details={"accepted": [ACCEPTED]},
+        details={"accepted": ACCEPTED},
     )
 
 

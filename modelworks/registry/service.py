@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,28 @@ def parse_model_ref(ref: str) -> tuple[ModelName, str | None]:
     return ModelName(name), (selector or None)
 
 
+SERVING_LIMITS = {"max_batch_size": (1, 4096), "max_delay_ms": (0, 1000)}
+
+
+def check_serving(options: dict[str, Any]) -> dict[str, Any]:
+    """Per-model serving options: `max_batch_size` (1-4096) and `max_delay_ms` (0-1000)."""
+    clean: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in SERVING_LIMITS:
+            raise ValidationFailed(
+                f"unknown serving option {key!r}; use {', '.join(SERVING_LIMITS)}"
+            )
+        low, high = SERVING_LIMITS[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ValidationFailed(f"serving option {key!r} must be a number from {low} to {high}")
+        clean[key] = int(value) if key == "max_batch_size" else float(value)
+    return clean
+
+
 def check_task(task: str) -> str:
     if task not in TASKS:
         raise ValidationFailed(f"unknown task {task!r}; use one of: {', '.join(TASKS)}")
@@ -44,6 +66,12 @@ class Registry:
     def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore) -> None:
         self.sessions = sessions
         self.store = store
+        # called with (project_id, model name) after a change that may alter what serves it
+        self.listeners: list[Callable[[int, str], None]] = []
+
+    def _changed(self, project_id: int, name: str) -> None:
+        for listener in self.listeners:
+            listener(project_id, name)
 
     @contextmanager
     def _tx(self) -> Iterator[Session]:
@@ -126,11 +154,14 @@ class Registry:
     def update_model(self, project_id: int, name: str, changes: dict[str, Any]) -> Model:
         if "task" in changes and changes["task"] is not None:
             check_task(changes["task"])
+        if changes.get("serving") is not None:
+            changes["serving"] = check_serving(changes["serving"])
         with self._tx() as s:
             m = self._model(s, project_id, ModelName(name))
-            for key in ("description", "tags", "task"):
+            for key in ("description", "tags", "task", "serving"):
                 if changes.get(key) is not None:
                     setattr(m, key, changes[key])
+        self._changed(project_id, name)
         return self.get_model(project_id, name)
 
     def delete_model(self, project_id: int, name: str) -> list[str]:
@@ -138,14 +169,17 @@ class Registry:
         with self._tx() as s:
             m = self._model(s, project_id, ModelName(name), load=True)
             digests = {v.digest for v in m.versions}
+            digests |= {a["digest"] for v in m.versions for a in (v.artifacts or {}).values()}
             s.delete(m)
+        self._changed(project_id, name)
         return self._collect(digests)
 
     def _collect(self, digests: set[str]) -> list[str]:
         freed = []
         with self.sessions() as s:
             for d in sorted(digests):
-                if s.scalar(select(func.count()).where(ModelVersion.digest == d)) == 0:
+                used = s.scalar(select(func.count()).where(ModelVersion.digest == d))
+                if used == 0 and not self._used_as_artifact(s, d):
                     self.store.delete(d)
                     freed.append(d)
         return freed
@@ -163,6 +197,7 @@ class Registry:
         created_by: str = "",
         metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
+        status: str = "ready",
     ) -> ModelVersion:
         """Register a stored blob as the model's next version (numbers never collide)."""
         for _attempt in range(20):
@@ -183,10 +218,12 @@ class Registry:
                         created_by=created_by,
                         metrics=metrics or {},
                         lineage=lineage or {},
+                        status=status,
                     )
                     s.add(v)
                     s.flush()
                     s.expunge(v)
+                self._changed(project_id, name)
                 return v
             except IntegrityError:
                 continue  # another upload took this number: take the next one
@@ -293,7 +330,8 @@ class Registry:
                     s.flush()
                     s.refresh(a, ["target"])
                     s.expunge_all()
-                    return a
+                self._changed(project_id, name)
+                return a
             except IntegrityError:
                 continue
         raise Conflict(f"alias {alias!r} is being changed concurrently; retry")
@@ -309,3 +347,41 @@ class Registry:
                     details={"model": name, "alias": alias},
                 )
             s.delete(a)
+        self._changed(project_id, name)
+
+    def set_version_status(
+        self,
+        version_id: int,
+        status: str,
+        reason: str = "",
+        artifacts: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a conversion's outcome (and the artifacts it produced) on a version."""
+        with self._tx() as s:
+            v = s.get(ModelVersion, version_id)
+            if v is None:
+                return  # deleted meanwhile; its artifacts are collected below
+            v.status = status
+            v.status_reason = reason
+            if artifacts is not None:
+                v.artifacts = {**(v.artifacts or {}), **artifacts}
+            m = s.get(Model, v.model_id)
+            assert m is not None
+            project_id, name = m.project_id, m.name
+        self._changed(project_id, name)
+
+    def versions_with_status(self, status: str) -> list[tuple[int, str, str, str]]:
+        """(version id, model task, source digest, format) of versions in `status`."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(ModelVersion.id, Model.task, ModelVersion.digest, ModelVersion.format)
+                .join(Model, Model.id == ModelVersion.model_id)
+                .where(ModelVersion.status == status)
+            )
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    @staticmethod
+    def _used_as_artifact(s: Session, digest: str) -> bool:
+        # derived artifacts live in a JSON column; few versions have any, so scan those
+        rows = s.scalars(select(ModelVersion.artifacts).where(ModelVersion.format != "onnx"))
+        return any(a.get("digest") == digest for arts in rows for a in (arts or {}).values())

@@ -34,5 +34,15 @@ class OnnxModel:
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = outputs or self.output_names
+        # ONNX Runtime wants str elements in string tensors (bytes would be str()-ed)
+        feeds = {k: _as_text(v) if v.dtype == np.object_ else v for k, v in feeds.items()}
         results = self.session.run(names, feeds)
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
+
+
+def _as_text(arr: np.ndarray) -> np.ndarray:
+    flat = [
+        x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
+        for x in arr.reshape(-1)
+    ]
+    return np.array(flat, dtype=np.object_).reshape(arr.shape)

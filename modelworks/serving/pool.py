@@ -1,89 +1,181 @@
-"""The model pool: one loaded runtime per stored artifact, loaded once, off the event loop."""
+"""The model pool: loads runtimes off the event loop, warms them up, keeps them within a
+memory budget (least recently used first out) and gives each one a batcher.
+
+Entries are keyed by the serving artifact's digest, so versions with the same bytes share one
+session. An evicted or replaced runtime stays alive until its in-flight requests finish (they
+hold a reference), which is how a promotion drains the old version.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from modelworks.errors import ModelworksError, ServiceUnavailable
 from modelworks.runtimes import LoadedModel, load
 from modelworks.serving.batcher import Batcher, BatchSettings
+from modelworks.serving.target import Target
 from modelworks.store import ArtifactStore
+from modelworks.tensors import NUMPY_TYPES
 
 log = logging.getLogger("modelworks.serving")
+RETRY_FAILED_S = 10.0  # a model that failed to load is retried at most this often
 
 
 @dataclass
 class Entry:
+    target: Target
     model: LoadedModel | None = None
+    batcher: Batcher | None = None
     error: str | None = None
     load_seconds: float = 0.0
+    cost: int = 0
+    last_used: float = 0.0
+    failed_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class ModelPool:
-    """Keyed by digest: two versions with the same bytes share one session."""
+def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A generated batch-of-one input matching the signature."""
+    feeds = {}
+    for spec in signature.get("inputs", []):
+        shape = [1 if d == -1 else d for d in spec["shape"]]
+        if spec["datatype"] == "BYTES":
+            feeds[spec["name"]] = np.full(shape, b"warm up", dtype=np.object_)
+        else:
+            feeds[spec["name"]] = np.zeros(
+                shape, dtype=NUMPY_TYPES.get(spec["datatype"], np.float32)
+            )
+    return feeds
 
+
+class ModelPool:
     def __init__(
-        self, store: ArtifactStore, threads: int = 0, batching: BatchSettings | None = None
+        self,
+        store: ArtifactStore,
+        *,
+        threads: int = 0,
+        memory_budget_bytes: int = 0,
+        queue_size: int = 512,
+        timeout_s: float = 30.0,
     ) -> None:
         self.store = store
         self.threads = threads
-        self.batching = batching or BatchSettings()
-        self._entries: dict[str, Entry] = {}
-        self._batchers: dict[str, Batcher] = {}
+        self.budget = memory_budget_bytes
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._guard = threading.Lock()
+        self.on_load: Callable[[Target, float], None] | None = None
+        self.on_batch: Callable[[str, int, float], None] | None = None
 
-    def batcher(self, digest: str, model: LoadedModel, name: str) -> Batcher:
-        """The batcher of a loaded artifact (created on first use, on the event loop)."""
-        b = self._batchers.get(digest)
-        if b is None or b.model is not model:
-            b = self._batchers[digest] = Batcher(model, self.batching, name=name)
-        return b
-
-    def batchers(self) -> dict[str, Batcher]:
-        return dict(self._batchers)
-
-    def _entry(self, digest: str) -> Entry:
+    def _entry(self, target: Target) -> Entry:
         with self._guard:
-            return self._entries.setdefault(digest, Entry())
+            entry = self._entries.get(target.digest)
+            if entry is None:
+                entry = self._entries[target.digest] = Entry(target)
+            self._entries.move_to_end(target.digest)
+            return entry
 
-    def get(self, digest: str, format: str, signature: dict[str, Any]) -> LoadedModel:
-        """Load (once) and return the runtime for this artifact. Blocking: call from a thread."""
-        entry = self._entry(digest)
+    def get(self, target: Target) -> LoadedModel:
+        """Load (once), warm up and return the runtime. Blocking: call it from a thread."""
+        entry = self._entry(target)
+        entry.last_used = time.monotonic()
         if entry.model is not None:
             return entry.model
         with entry.lock:
             if entry.model is not None:
                 return entry.model
+            if entry.error is not None and time.monotonic() - entry.failed_at < RETRY_FAILED_S:
+                raise ServiceUnavailable(
+                    f"model {target.model}:{target.version} is not ready: {entry.error}",
+                    details={"retry_after": int(RETRY_FAILED_S)},
+                )
             started = time.perf_counter()
             try:
-                path = self.store.local_path(digest)
-                entry.model = load(format, path, signature, threads=self.threads)
+                model = load(target, self.store, threads=self.threads)
+                model.predict(warmup_feeds(model.signature))
+                entry.model = model
                 entry.error = None
+                entry.cost = target.memory_estimate
             except ModelworksError as exc:
                 entry.error = exc.message
-            except Exception as exc:  # a runtime's parser message may hold server paths
-                log.warning("model %s failed to load: %s", digest, exc)
-                entry.error = (
-                    f"the runtime could not load this {format} model ({type(exc).__name__})"
-                )
+            except Exception as exc:  # a runtime's own message may hold server paths
+                log.warning("model %s:%s failed to load: %r", target.model, target.version, exc)
+                entry.error = f"the runtime could not load this model ({type(exc).__name__})"
             entry.load_seconds = time.perf_counter() - started
             if entry.model is None:
-                # forget the failure so a later call retries (e.g. after a transient I/O error)
-                with self._guard:
-                    self._entries.pop(digest, None)
-                raise ServiceUnavailable(f"model is not ready: {entry.error}")
-            return entry.model
+                entry.failed_at = time.monotonic()
+                raise ServiceUnavailable(
+                    f"model {target.model}:{target.version} is not ready: {entry.error}",
+                    details={"retry_after": 5},
+                )
+            if self.on_load is not None:
+                self.on_load(target, entry.load_seconds)
+            loaded = entry.model
+        self._enforce_budget(keep=target.digest)
+        return loaded
 
-    def is_loaded(self, digest: str) -> bool:
-        e = self._entries.get(digest)
-        return e is not None and e.model is not None
+    def batcher(self, target: Target, model: LoadedModel) -> Batcher:
+        """The batcher of a loaded runtime (created on first use, on the event loop)."""
+        entry = self._entry(target)
+        if entry.batcher is None or entry.batcher.model is not model:
+            opts = target.batching
+            entry.batcher = Batcher(
+                model,
+                BatchSettings(
+                    max_batch_size=int(opts["max_batch_size"]),
+                    max_delay_ms=float(opts["max_delay_ms"]),
+                    max_queue=self.queue_size,
+                    timeout_s=self.timeout_s,
+                ),
+                name=f"{target.model}:{target.version}",
+            )
+            if self.on_batch is not None:
+                hook = self.on_batch
+                name = entry.batcher.name
+                entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
+        return entry.batcher
+
+    def status(self, target: Target) -> tuple[str, str | None]:
+        """('ready'|'loading'|'failed'|'unloaded', reason)."""
+        entry = self._entries.get(target.digest)
+        if entry is None:
+            return "unloaded", None
+        if entry.model is not None:
+            return "ready", None
+        if entry.error is not None:
+            return "failed", entry.error
+        return "loading", None
+
+    def entries(self) -> list[Entry]:
+        with self._guard:
+            return list(self._entries.values())
+
+    def _enforce_budget(self, keep: str) -> None:
+        if self.budget <= 0:
+            return
+        with self._guard:
+            total = sum(e.cost for e in self._entries.values() if e.model is not None)
+            for digest in list(self._entries):
+                if total <= self.budget:
+                    break
+                entry = self._entries[digest]
+                if digest == keep or entry.model is None:
+                    continue
+                if entry.batcher is not None and entry.batcher.depth > 0:
+                    continue  # busy: never unload under a queue
+                total -= entry.cost
+                del self._entries[digest]
+                log.info("unloaded %s:%s (memory budget)", entry.target.model, entry.target.version)
 
     def drop(self, digest: str) -> None:
         with self._guard:
             self._entries.pop(digest, None)
-            self._batchers.pop(digest, None)

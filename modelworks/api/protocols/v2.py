@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import numpy as np
-from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,9 +21,8 @@ from modelworks.api.auth import require
 from modelworks.api.health import database_ok
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
-from modelworks.db.tables import Model, ModelVersion
 from modelworks.errors import BadRequest, InvalidInput, ModelworksError, PayloadTooLarge
-from modelworks.registry import parse_model_ref
+from modelworks.serving.target import Target
 from modelworks.tensors import (
     check_against_signature,
     datatype_of,
@@ -36,17 +34,6 @@ from modelworks.tensors import (
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 EXTENSIONS: list[str] = ["binary_tensor_data"]
-
-
-def _resolve(
-    request: Request, p: Principal, model: str, version: str | None
-) -> tuple[Model, ModelVersion]:
-    name, selector = parse_model_ref(model)
-    if version is not None:
-        if selector is not None:
-            raise BadRequest("give the version either in the model name or in /versions/, not both")
-        selector = version
-    return services(request).registry.resolve(p.project_id, name, selector)
 
 
 def _reject_constant(token: str) -> Any:
@@ -89,14 +76,13 @@ def server_metadata(_p: Principal = Depends(require("infer"))) -> dict[str, Any]
     return {"name": "modelworks", "version": __version__, "extensions": EXTENSIONS}
 
 
-def _metadata(m: Model, v: ModelVersion, versions: list[int]) -> dict[str, Any]:
-    sig = v.signature
+def _metadata(t: Target, versions: list[int]) -> dict[str, Any]:
     return {
-        "name": m.name,
+        "name": t.model,
         "versions": [str(x) for x in versions],
-        "platform": f"onnxruntime_{v.format}" if v.format == "onnx" else v.format,
-        "inputs": sig.get("inputs", []),
-        "outputs": sig.get("outputs", []),
+        "platform": "onnxruntime_onnx" if t.format == "onnx" else f"modelworks_{t.format}",
+        "inputs": t.signature.get("inputs", []),
+        "outputs": t.signature.get("outputs", []),
     }
 
 
@@ -108,26 +94,30 @@ def model_metadata(
     version: str | None = None,
     p: Principal = Depends(require("infer")),
 ) -> dict[str, Any]:
-    m, v = _resolve(request, p, model, version)
-    versions = [x.version for x in services(request).registry.list_versions(p.project_id, m.name)]
-    return _metadata(m, v, versions)
+    svc = services(request)
+    t = svc.serving.resolve(p.project_id, model, version)
+    versions = [x.version for x in svc.registry.list_versions(p.project_id, t.model)]
+    return _metadata(t, versions)
 
 
 @router.get("/models/{model}/ready")
 @router.get("/models/{model}/versions/{version}/ready")
-def model_ready(
+async def model_ready(
     model: str,
     request: Request,
     version: str | None = None,
     p: Principal = Depends(require("infer")),
 ) -> Response:
+    """Loads (and warms up) the model if needed: ready means the next call will not wait."""
     svc = services(request)
-    m, v = _resolve(request, p, model, version)
+    t = await svc.serving.resolve_async(p.project_id, model, version)
     try:
-        svc.pool.get(v.digest, v.format, v.signature)
+        await svc.serving.load(t)
     except ModelworksError as exc:
-        return JSONResponse({"name": m.name, "ready": False, "error": exc.message}, status_code=503)
-    return JSONResponse({"name": m.name, "ready": True})
+        return JSONResponse(
+            {"name": t.model, "ready": False, "error": exc.message}, status_code=503
+        )
+    return JSONResponse({"name": t.model, "ready": True})
 
 
 @router.post("/models/{model}/infer")
@@ -139,23 +129,13 @@ async def infer(
     p: Principal = Depends(require("infer")),
 ) -> Response:
     svc: Services = services(request)
-    m, v = await to_thread.run_sync(_resolve, request, p, model, version)
+    t = await svc.serving.resolve_async(p.project_id, model, version)
     body = await read_body(request, svc.settings.max_request_bytes)
     req, feeds = decode_request(request, body, svc.settings.max_tensor_elements)
-    check_against_signature(v.signature, feeds)
-    wanted, binary = requested_outputs(req, [o["name"] for o in v.signature.get("outputs", [])])
-    runtime = await to_thread.run_sync(svc.pool.get, v.digest, v.format, v.signature)
-    batcher = svc.pool.batcher(v.digest, runtime, f"{m.name}:{v.version}")
-    try:
-        results = await batcher.submit(feeds)
-    except ModelworksError:
-        raise
-    except Exception:
-        raise InvalidInput(
-            "the model could not run on this input; "
-            "check shapes and value ranges against the model's signature"
-        ) from None
-    head: dict[str, Any] = {"model_name": m.name, "model_version": str(v.version)}
+    check_against_signature(t.signature, feeds)
+    wanted, binary = requested_outputs(req, [o["name"] for o in t.signature.get("outputs", [])])
+    results = (await svc.serving.predict(t, feeds)).outputs
+    head: dict[str, Any] = {"model_name": t.model, "model_version": str(t.version)}
     if isinstance(req.get("id"), str):
         head["id"] = req["id"]
     outputs = []

@@ -1,0 +1,160 @@
+"""OpenAI-compatible routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/embeddings`.
+
+The `openai` client with its defaults works: it asks for base64 embeddings unless told
+otherwise, and reads errors as `{"error": {"message", "type", "code"}}`. `GET /v1/models/{id}`
+is shared with TF-Serving's status route, so its body carries both key sets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from modelworks.api.auth import require
+from modelworks.api.protocols.v2 import read_body
+from modelworks.api.services import services
+from modelworks.auth.keys import Principal
+from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
+
+router = APIRouter(tags=["openai"])
+MAX_INPUTS = 2048
+MAX_INPUT_BYTES = 64 * 1024
+
+
+def _created(m: Any) -> int:
+    return int(m.created_at.timestamp())
+
+
+@router.get("/v1/models")
+def list_models(request: Request, p: Principal = Depends(require("infer"))) -> dict[str, Any]:
+    svc = services(request)
+    models = svc.registry.list_models(p.project_id)
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": m.name,
+                "object": "model",
+                "created": _created(m),
+                "owned_by": "modelworks",
+                "task": m.task,
+            }
+            for m in models
+            if m.versions
+        ],
+    }
+
+
+@router.get("/v1/models/{model}")
+def retrieve_model(
+    model: str, request: Request, p: Principal = Depends(require("infer"))
+) -> dict[str, Any]:
+    svc = services(request)
+    t = svc.serving.resolve(p.project_id, model)
+    m = svc.registry.get_model(p.project_id, t.model)
+    return {
+        "id": t.model,
+        "object": "model",
+        "created": _created(m),
+        "owned_by": "modelworks",
+        "task": t.task,
+        "name": t.model,
+        "ready": t.status != "converting",
+        "model_version_status": [
+            {
+                "version": str(t.version),
+                "state": "AVAILABLE" if t.status != "converting" else "LOADING",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ],
+    }
+
+
+def parse_texts(value: Any, field: str = "input") -> list[str]:
+    """A string or a list of strings, within the limits (named in the error)."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput(
+            f"'{field}' must be a string or a list of strings (token arrays are not supported)"
+        )
+    if not texts:
+        raise InvalidInput(f"'{field}' is empty; send at least one string")
+    if len(texts) > MAX_INPUTS:
+        raise InvalidInput(f"'{field}' has {len(texts)} items; at most {MAX_INPUTS} per request")
+    for i, t in enumerate(texts):
+        if len(t.encode()) > MAX_INPUT_BYTES:
+            raise PayloadTooLarge(
+                f"'{field}'[{i}] is longer than {MAX_INPUT_BYTES} bytes; split the text",
+                details={"limit": MAX_INPUT_BYTES},
+            )
+    return texts
+
+
+def load_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def truncate(emb: np.ndarray, dims: int) -> np.ndarray:
+    """Keep the first `dims` dimensions and renormalise, as OpenAI's `dimensions` does."""
+    cut = emb[:, :dims]
+    return np.asarray(cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12))
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, p: Principal = Depends(require("infer"))) -> Response:
+    svc = services(request)
+    req = load_json(await read_body(request, svc.settings.max_request_bytes))
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' is required: the name of an embeddings model (GET /v1/models)")
+    texts = parse_texts(req.get("input"))
+    fmt = req.get("encoding_format", "float") or "float"
+    if fmt not in ("float", "base64"):
+        raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
+    t = await svc.serving.resolve_async(p.project_id, model)
+    if t.task != "embeddings":
+        raise InvalidInput(f"model {t.model!r} has task {t.task!r}, not 'embeddings'")
+    dims = req.get("dimensions")
+    full = int(t.signature.get("dimensions") or t.signature["outputs"][0]["shape"][-1])
+    if dims is not None and (
+        isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= full
+    ):
+        raise InvalidInput(
+            f"'dimensions' must be an integer from 1 to {full} for model {t.model!r}"
+        )
+    pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
+    emb = pred.outputs["embedding"]
+    if dims is not None and dims < full:
+        emb = await to_thread.run_sync(truncate, emb, dims)
+    emb = emb.astype("<f4", copy=False)
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(row.tobytes()).decode()
+            if fmt == "base64"
+            else row.tolist(),
+        }
+        for i, row in enumerate(emb)
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": t.model,
+            "usage": {"prompt_tokens": pred.tokens, "total_tokens": pred.tokens},
+        }
+    )

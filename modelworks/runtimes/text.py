@@ -1,0 +1,192 @@
+"""Hugging Face text models: fast tokenizer + ONNX Runtime (the export made at registration),
+with PyTorch transformers as the fallback when no export exists.
+
+Tasks: `embeddings` (pooling as sentence-transformers configures it, then optional L2
+normalisation) and `text-classification` (softmax over the config's labels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelworks.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from modelworks.serving.target import Target
+    from modelworks.store import ArtifactStore
+
+MAX_SEQ_CAP = 512
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+class TextConfig:
+    """What a sentence-transformers / transformers folder says about tokenising and pooling."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.config = _json(folder / "config.json")
+        st = _json(folder / "sentence_bert_config.json")
+        tok = _json(folder / "tokenizer_config.json")
+        limits = [
+            st.get("max_seq_length"),
+            tok.get("model_max_length"),
+            self.config.get("max_position_embeddings"),
+        ]
+        self.max_length = min(
+            [int(x) for x in limits if isinstance(x, int) and x > 0] + [MAX_SEQ_CAP]
+        )
+        pooling = _json(folder / "1_Pooling" / "config.json")
+        if pooling.get("pooling_mode_cls_token"):
+            self.pooling = "cls"
+        elif pooling.get("pooling_mode_max_tokens"):
+            self.pooling = "max"
+        else:
+            self.pooling = "mean"
+        modules = folder / "modules.json"
+        try:
+            listed = json.loads(modules.read_text()) if modules.is_file() else []
+        except ValueError:
+            listed = []
+        self.normalize = any(
+            isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in listed
+        )
+        id2label = self.config.get("id2label") or {}
+        self.labels = [
+            str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))
+        ]
+        self.hidden_size = int(self.config.get("hidden_size") or 0)
+
+
+def load_tokenizer(folder: Path, max_length: int) -> Any:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    if pad_id is None:
+        pad_id = tokenizer.token_to_id("<pad>") or 0
+    tokenizer.enable_padding(pad_id=pad_id)
+    return tokenizer
+
+
+class TextModel:
+    def __init__(
+        self,
+        folder: Path,
+        onnx_path: Path | None,
+        task: str,
+        signature: dict[str, Any],
+        threads: int = 0,
+    ) -> None:
+        self.task = task
+        self.signature = signature
+        self.cfg = TextConfig(folder)
+        self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            from modelworks.runtimes.onnx import providers
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
+            self.input_names = [i.name for i in self.session.get_inputs()]
+            self.torch_model: Any = None
+        else:
+            self.session = None
+            self.torch_model = _torch_model(folder, task)
+            self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer.encode_batch(texts)
+        feeds = {
+            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+        }
+        return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.session is not None:
+            return np.asarray(self.session.run(None, feeds)[0])
+        import torch
+
+        with torch.inference_mode():
+            out = self.torch_model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        tensor = out.logits if self.task == "text-classification" else out.last_hidden_state
+        return np.asarray(tensor.float().numpy())
+
+    def predict(
+        self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        texts = [
+            x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
+            for x in feeds["text"].reshape(-1)
+        ]
+        enc = self.tokenize(texts)
+        mask = enc["attention_mask"]
+        tokens = mask.sum(axis=1).astype(np.int64)
+        hidden = self._forward(enc)
+        if self.task == "text-classification":
+            logits = hidden.astype(np.float32)
+            z = logits - logits.max(axis=1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            labels = self.cfg.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
+            best = np.array([labels[i].encode() for i in probs.argmax(axis=1)], dtype=np.object_)
+            return {"probabilities": probs.astype(np.float32), "label": best, "_tokens": tokens}
+        emb = pool(hidden, mask, self.cfg.pooling)
+        if self.cfg.normalize:
+            emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return {"embedding": emb.astype(np.float32), "_tokens": tokens}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return np.asarray(np.where(m > 0, hidden, -1e9).max(axis=1))
+    return np.asarray((hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9))
+
+
+def _torch_model(folder: Path, task: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ServiceUnavailable(
+            "this model has no ONNX export and PyTorch transformers is not installed; "
+            "install modelworks[transformers] on the server"
+        ) from None
+    cls = (
+        transformers.AutoModelForSequenceClassification
+        if task == "text-classification"
+        else transformers.AutoModel
+    )
+    model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
+    model.eval()
+    return model
+
+
+def load_text_model(target: Target, store: ArtifactStore, threads: int = 0) -> TextModel:
+    folder = store.unpacked(target.source_digest)
+    root = str(target.signature.get("root") or "")
+    if root:
+        from modelworks.archives import SafeRelPath
+
+        folder = folder / SafeRelPath(root)
+    onnx_path = store.local_path(target.digest) if target.digest != target.source_digest else None
+    return TextModel(folder, onnx_path, target.task, target.signature, threads=threads)

@@ -1,0 +1,119 @@
+"""The serving engine every protocol adapter calls: model reference -> target -> batch.
+
+Resolving `name[:selector]` hits the database, so results are cached for a short time and
+dropped at once when this process changes the model (aliases, versions, deletes); other
+replicas see a change within `RESOLVE_TTL_S`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from anyio import to_thread
+
+from modelworks.api.metrics import note
+from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
+from modelworks.registry import Registry, parse_model_ref
+from modelworks.serving.pool import ModelPool
+from modelworks.serving.target import Target
+
+RESOLVE_TTL_S = 2.0
+
+
+@dataclass
+class Prediction:
+    target: Target
+    outputs: dict[str, np.ndarray]
+    items: int
+    tokens: int
+
+
+class Engine:
+    def __init__(self, registry: Registry, pool: ModelPool) -> None:
+        self.registry = registry
+        self.pool = pool
+        self._cache: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
+        self._lock = threading.Lock()
+        registry.listeners.append(self.invalidate)
+
+    def invalidate(self, project_id: int, name: str) -> None:
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == project_id and k[1] == name]:
+                del self._cache[key]
+
+    def resolve(self, project_id: int, ref: str, version: str | None = None) -> Target:
+        """`name`, `name:3`, `name:alias`, or a name plus a separate version/alias."""
+        name, selector = parse_model_ref(ref)
+        if version is not None:
+            if selector is not None:
+                raise InvalidInput(
+                    "give the version either in the model name or separately, not both"
+                )
+            selector = version
+        key = (project_id, str(name), selector)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        m, v = self.registry.resolve(project_id, name, selector)
+        onnx = (v.artifacts or {}).get("onnx") or {}
+        target = Target(
+            project_id=project_id,
+            model=m.name,
+            task=m.task,
+            version=v.version,
+            version_id=v.id,
+            format=v.format,
+            digest=onnx.get("digest", v.digest),
+            source_digest=v.digest,
+            signature=v.signature,
+            serving=m.serving or {},
+            status=v.status,
+            status_reason=v.status_reason,
+            size=int(onnx.get("size", v.size)),
+        )
+        with self._lock:
+            self._cache[key] = (now + RESOLVE_TTL_S, target)
+        return target
+
+    async def resolve_async(self, project_id: int, ref: str, version: str | None = None) -> Target:
+        key = (project_id, ref, version)
+        hit = self._cache.get(key) if ":" not in ref and version is None else None
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return await to_thread.run_sync(self.resolve, project_id, ref, version)
+
+    async def load(self, target: Target) -> Any:
+        if target.status == "converting":
+            raise ServiceUnavailable(
+                f"model {target.model}:{target.version} is being converted to ONNX for serving; "
+                "retry in a few seconds",
+                details={"retry_after": 5},
+            )
+        return await to_thread.run_sync(self.pool.get, target)
+
+    async def predict(
+        self, target: Target, feeds: dict[str, np.ndarray], timeout_s: float | None = None
+    ) -> Prediction:
+        note(model=f"{target.model}:{target.version}")
+        runtime = await self.load(target)
+        batcher = self.pool.batcher(target, runtime)
+        try:
+            outputs = await batcher.submit(feeds, timeout_s)
+        except ModelworksError:
+            raise
+        except Exception:
+            raise InvalidInput(
+                "the model could not run on this input; "
+                "check shapes and value ranges against the model's signature"
+            ) from None
+        first = next(iter(feeds.values()))
+        items = int(first.shape[0]) if first.ndim else 1
+        tokens_arr = outputs.pop("_tokens", None)
+        tokens = int(tokens_arr.sum()) if tokens_arr is not None else 0
+        note(items=items, tokens=tokens)
+        return Prediction(target, outputs, items, tokens)

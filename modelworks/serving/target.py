@@ -1,0 +1,43 @@
+"""What a model reference resolves to: everything the pool needs to load and batch it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TEXT_TASKS = ("embeddings", "text-classification")
+# sensible batching by task: text models gain most from batching, tiny tabular models are
+# cheap per row, so they batch wide and never wait long
+TASK_BATCHING: dict[str, dict[str, float]] = {
+    "embeddings": {"max_batch_size": 32, "max_delay_ms": 2.0},
+    "text-classification": {"max_batch_size": 32, "max_delay_ms": 2.0},
+}
+DEFAULT_BATCHING = {"max_batch_size": 64, "max_delay_ms": 1.0}
+
+
+@dataclass(frozen=True)
+class Target:
+    project_id: int
+    model: str
+    task: str
+    version: int
+    version_id: int
+    format: str  # "onnx" | "transformers"
+    digest: str  # the artifact the runtime loads (the ONNX export for transformers)
+    source_digest: str  # the upload
+    signature: dict[str, Any]
+    serving: dict[str, Any]
+    status: str
+    status_reason: str
+    size: int
+
+    @property
+    def batching(self) -> dict[str, float]:
+        opts = dict(TASK_BATCHING.get(self.task, DEFAULT_BATCHING))
+        opts.update({k: v for k, v in self.serving.items() if k in opts})
+        return opts
+
+    @property
+    def memory_estimate(self) -> int:
+        # an ONNX Runtime session holds about its weights plus arenas
+        return int(self.size * 1.5) + 32 * 1024 * 1024
