@@ -14,7 +14,7 @@ from modelworks.api import errors, health, keys, models
 from modelworks.api.auth import require
 from modelworks.api.metrics import Metrics, MetricsMiddleware
 from modelworks.api.middleware import RequestContext
-from modelworks.api.protocols import hf, openai, v2
+from modelworks.api.protocols import hf, openai, tfserving, v2
 from modelworks.api.services import Services
 from modelworks.auth.keys import Principal
 from modelworks.settings import Settings
@@ -45,6 +45,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(openai.router)
     app.include_router(hf.router)
+    app.include_router(tfserving.router)
     metrics = Metrics(svc.pool)
     app.state.metrics = metrics
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
+from anyio import to_thread
 from fastapi import Depends
 from starlette.requests import Request
 
@@ -18,7 +20,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request) -> Principal:
     svc = services(request)
     if not svc.settings.auth:
         p = Principal(
@@ -36,9 +38,13 @@ def authenticate(request: Request) -> Principal:
             )
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("malformed Authorization header: use 'Authorization: Bearer mw_…'")
-        p = svc.keys.authenticate(token.strip())
+        secret = token.strip()
+        found = svc.keys.cached(secret)
+        if found is None:
+            found = await to_thread.run_sync(svc.keys.authenticate, secret)
     except Unauthorized as exc:
-        svc.audit.record(
+        record = partial(
+            svc.audit.record,
             action="auth.failure",
             outcome="denied",
             actor=token.strip()[:12] if token else "",
@@ -47,15 +53,16 @@ def authenticate(request: Request) -> Principal:
             request_id=getattr(request.state, "request_id", ""),
             details={"reason": exc.message},
         )
+        await to_thread.run_sync(record)
         raise
-    request.state.principal = p
-    return p
+    request.state.principal = found
+    return found
 
 
-def require(permission: str) -> Callable[..., Principal]:
+def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates and checks the role allows `permission`."""
 
-    def dependency(p: Principal = Depends(authenticate)) -> Principal:
+    async def dependency(p: Principal = Depends(authenticate)) -> Principal:
         p.require(permission)
         return p
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -66,9 +67,24 @@ def looks_like_key(secret: str) -> bool:
     return secret.startswith(KEY_PREFIX) and 35 <= len(secret) <= 128
 
 
+CACHE_TTL_S = 5.0  # another replica's revocation reaches this one within this time
+
+
 class KeyService:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        # sha256(secret) -> (cache expiry, principal, key expiry): keeps the database off the
+        # hot path; revocations made through this process drop their entry at once
+        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+
+    def cached(self, secret: str) -> Principal | None:
+        """The principal for `secret` if it was verified moments ago and is still valid."""
+        hit = self._cache.get(hash_secret(secret))
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        if hit[2] is not None and hit[2] <= datetime.now(UTC):
+            return None
+        return hit[1]
 
     def create(
         self,
@@ -121,6 +137,7 @@ class KeyService:
                 raise NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
             if key.revoked_at is None:
                 key.revoked_at = datetime.now(UTC)
+            self._cache.pop(key.secret_hash, None)
             s.flush()
             s.expunge(key)
             return key
@@ -142,7 +159,17 @@ class KeyService:
             raise Unauthorized("this API key was revoked; ask for a new one")
         if key.expires_at is not None and _aware(key.expires_at) <= now:
             raise Unauthorized("this API key has expired; ask for a new one")
-        return Principal(key_id=key.id, prefix=key.prefix, project_id=key.project_id, role=key.role)
+        principal = Principal(
+            key_id=key.id, prefix=key.prefix, project_id=key.project_id, role=key.role
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key.secret_hash] = (
+            time.monotonic() + CACHE_TTL_S,
+            principal,
+            _aware(key.expires_at) if key.expires_at is not None else None,
+        )
+        return principal
 
     def touch(self, key_id: int) -> None:
         with self.sessions.begin() as s:
