@@ -20,8 +20,8 @@ from modelworks.api.schemas import (
 from modelworks.api.services import Services, services
 from modelworks.api.uploads import receive_file
 from modelworks.auth.keys import Principal
-from modelworks.errors import ModelworksError
-from modelworks.names import ModelName
+from modelworks.errors import Conflict, ModelworksError, ServiceUnavailable
+from modelworks.names import AliasName, ModelName
 from modelworks.registry.formats import detect_and_inspect
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
@@ -173,14 +173,30 @@ def get_version(
 
 
 @router.put("/models/{name}/aliases/{alias}", response_model=AliasOut)
-def set_alias(
+async def set_alias(
     name: str,
     alias: str,
     body: AliasSet,
     request: Request,
     p: Principal = Depends(require("write")),
 ) -> AliasOut:
-    services(request).registry.set_alias(p.project_id, name, alias, body.version)
+    """Point an alias at a version. The version is loaded and warmed first, so requests that
+    follow the alias never meet a cold model; in-flight requests finish on the old one."""
+    svc = services(request)
+    AliasName(alias)
+    if body.warm:
+        target = await to_thread.run_sync(
+            svc.serving.resolve, p.project_id, name, str(body.version)
+        )
+        if target.status == "ready":
+            try:
+                await svc.serving.load(target)
+            except ServiceUnavailable as exc:
+                raise Conflict(
+                    f"version {body.version} cannot be served ({exc.message}); "
+                    f"alias {alias!r} was not moved"
+                ) from None
+    await to_thread.run_sync(svc.registry.set_alias, p.project_id, name, alias, body.version)
     _audit(request, p, "alias.set", f"{name}:{alias}", version=body.version)
     return AliasOut(model=name, alias=alias, version=body.version)
 

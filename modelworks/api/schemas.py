@@ -45,6 +45,9 @@ class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=1, le=2**31 - 1)
+    warm: bool = Field(
+        True, description="Load and warm the version before the alias moves (no cold requests)."
+    )
 
 
 class KeyCreate(BaseModel):

@@ -58,6 +58,7 @@ class Engine:
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
+            note(model=f"{hit[1].model}:{hit[1].version}")
             return hit[1]
         m, v = self.registry.resolve(project_id, name, selector)
         onnx = (v.artifacts or {}).get("onnx") or {}
@@ -78,12 +79,14 @@ class Engine:
         )
         with self._lock:
             self._cache[key] = (now + RESOLVE_TTL_S, target)
+        note(model=f"{target.model}:{target.version}")
         return target
 
     async def resolve_async(self, project_id: int, ref: str, version: str | None = None) -> Target:
         key = (project_id, ref, version)
         hit = self._cache.get(key) if ":" not in ref and version is None else None
         if hit is not None and hit[0] > time.monotonic():
+            note(model=f"{hit[1].model}:{hit[1].version}")
             return hit[1]
         return await to_thread.run_sync(self.resolve, project_id, ref, version)
 
