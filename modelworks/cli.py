@@ -465,6 +465,44 @@ def keys_revoke(
         emit_json(k) if as_json else out.print(f"revoked key {k['id']} ({k['prefix']}…)")
 
 
+@app.command()
+def convert(
+    model_file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="A scikit-learn model saved with joblib or pickle.",
+        ),
+    ],
+    destination: Annotated[
+        Path, typer.Argument(metavar="OUT", help="Where to write the ONNX file.")
+    ],
+    features: Annotated[
+        int, typer.Option("--features", "-f", min=1, help="Number of input columns.")
+    ],
+    input_name: Annotated[str, typer.Option(help="Name of the ONNX input.")] = "input",
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a scikit-learn model to ONNX on this machine (it unpickles the file: only
+    convert files you trust), then upload the ONNX with `modelworks models push`."""
+    from modelworks.convert import load_sklearn, sklearn_to_onnx
+
+    try:
+        info = sklearn_to_onnx(
+            load_sklearn(model_file), features, destination, input_name=input_name
+        )
+    except RuntimeError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"skl2onnx could not convert this model ({type(exc).__name__}: {exc})")
+    if as_json:
+        emit_json({"out": str(destination), **info})
+    else:
+        out.print(f"wrote {destination}: inputs {info['inputs']}, outputs {info['outputs']}")
+
+
 # inference -------------------------------------------------------------------------------
 @app.command()
 def infer(
