@@ -490,9 +490,13 @@ def convert(
     from modelworks.convert import load_sklearn, sklearn_to_onnx
 
     try:
-        info = sklearn_to_onnx(
-            load_sklearn(model_file), features, destination, input_name=input_name
-        )
+        model = load_sklearn(model_file)
+    except RuntimeError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        fail(f"could not load {model_file.name} as a scikit-learn model ({type(exc).__name__})")
+    try:
+        info = sklearn_to_onnx(model, features, destination, input_name=input_name)
     except RuntimeError as exc:
         fail(str(exc))
     except Exception as exc:
