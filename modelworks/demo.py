@@ -123,7 +123,7 @@ def ensure_minilm(services: object, on_export: Callable[[], None] | None = None)
     reg.set_alias(pid, EMBED_MODEL, "production", v.version)
     if on_export is not None:
         on_export()
-    services.exporter.run(v.id, blob.digest, "embeddings")
+    services.exporter.run(v.id, blob.digest, "embeddings", str(signature.get("root") or ""))
     return True
 
 

@@ -149,7 +149,7 @@ async def upload_version(
         )
     )
     if converting:
-        svc.exporter.start(v.id, blob.digest, model.task)
+        svc.exporter.start(v.id, blob.digest, model.task, str(signature.get("root") or ""))
     _audit(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
 

@@ -103,10 +103,12 @@ class Exporter:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def start(self, version_id: int, source_digest: str, task: str) -> threading.Thread:
+    def start(
+        self, version_id: int, source_digest: str, task: str, root: str = ""
+    ) -> threading.Thread:
         t = threading.Thread(
             target=self.run,
-            args=(version_id, source_digest, task),
+            args=(version_id, source_digest, task, root),
             name=f"onnx-export-{version_id}",
             daemon=True,
         )
@@ -117,14 +119,19 @@ class Exporter:
     def resume(self) -> int:
         """Restart exports a crash or restart interrupted."""
         pending = self.registry.versions_with_status("converting")
-        for version_id, task, digest, _fmt in pending:
-            self.start(version_id, digest, task)
+        for version_id, task, digest, signature in pending:
+            self.start(version_id, digest, task, str(signature.get("root") or ""))
         return len(pending)
 
-    def run(self, version_id: int, source_digest: str, task: str) -> bool:
+    def run(self, version_id: int, source_digest: str, task: str, root: str = "") -> bool:
+        """Export one version; the model folder is `root` inside the unpacked upload."""
         with self._lock:  # one export at a time: each one uses every core
             try:
                 folder = self.store.unpacked(source_digest)
+                if root:
+                    from modelworks.archives import SafeRelPath
+
+                    folder = folder / SafeRelPath(root)
                 with tempfile.TemporaryDirectory(dir=self.store.scratch) as tmp:
                     out = Path(tmp) / "model.onnx"
                     proc = subprocess.run(

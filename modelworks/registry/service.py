@@ -370,15 +370,15 @@ class Registry:
             project_id, name = m.project_id, m.name
         self._changed(project_id, name)
 
-    def versions_with_status(self, status: str) -> list[tuple[int, str, str, str]]:
-        """(version id, model task, source digest, format) of versions in `status`."""
+    def versions_with_status(self, status: str) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """(version id, model task, source digest, signature) of versions in `status`."""
         with self.sessions() as s:
             rows = s.execute(
-                select(ModelVersion.id, Model.task, ModelVersion.digest, ModelVersion.format)
+                select(ModelVersion.id, Model.task, ModelVersion.digest, ModelVersion.signature)
                 .join(Model, Model.id == ModelVersion.model_id)
                 .where(ModelVersion.status == status)
             )
-            return [(r[0], r[1], r[2], r[3]) for r in rows]
+            return [(r[0], r[1], r[2], r[3] or {}) for r in rows]
 
     @staticmethod
     def _used_as_artifact(s: Session, digest: str) -> bool:
