@@ -56,12 +56,38 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline of an inference request; past it the request gets 504."
     )
+    limits_url: str = Field(
+        "memory://",
+        description="Rate-limit and quota state: memory:// (one node) or redis://host/0 (shared).",
+    )
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,[::1]",
+        description="Host names the server answers to, comma-separated (DNS rebinding guard).",
+    )
+    cors_origins: str = Field(
+        "", description="Browser origins allowed to call the API, comma-separated; empty: none."
+    )
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="Failed authentications per client address per minute before 429."
+    )
     log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
 
     @model_validator(mode="after")
     def _expand_home(self) -> Settings:
         object.__setattr__(self, "home", self.home.expanduser())
         return self
+
+    @property
+    def host_names(self) -> list[str]:
+        names = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if "*" in names:
+            return ["*"]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return sorted({*names, host, self.host})
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip() and o.strip() != "*"]
 
     @property
     def resolved_database_url(self) -> str:

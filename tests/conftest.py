@@ -59,7 +59,12 @@ def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else ""
     # 1 MiB keeps the size-cap tests cheap; a module that uploads real models sets its own
     cap = getattr(request.module, "MAX_UPLOAD_BYTES", 1024 * 1024)
-    s = Settings(home=tmp_path / "home", database_url=url, max_upload_bytes=cap)
+    s = Settings(
+        home=tmp_path / "home",
+        database_url=url,
+        max_upload_bytes=cap,
+        allowed_hosts="testserver,127.0.0.1,localhost",
+    )
     s.home.mkdir(parents=True, exist_ok=True)
     upgrade(s.resolved_database_url)
     return s

@@ -121,7 +121,7 @@ def test_auth_off_lets_anyone_in(tmp_path: Path) -> None:
     from modelworks.db import upgrade
     from modelworks.settings import Settings
 
-    s = Settings(home=tmp_path, auth=False)
+    s = Settings(home=tmp_path, auth=False, allowed_hosts="testserver")
     upgrade(s.resolved_database_url)
     t = SyncASGITransport(create_app(s))
     try:

@@ -88,7 +88,7 @@ def test_memory_budget_unloads_the_least_recently_used(tmp_path: Path) -> None:
     from modelworks.settings import Settings
     from tests.asgi import SyncASGITransport
 
-    settings = Settings(home=tmp_path / "h", auth=False, memory_budget_mb=1)
+    settings = Settings(home=tmp_path / "h", auth=False, memory_budget_mb=1, allowed_hosts="*")
     upgrade(settings.resolved_database_url)
     svc = Services.build(settings)
     t = SyncASGITransport(create_app(settings, svc))

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse
 
 from modelworks import __version__
-from modelworks.api import errors, health, keys, models
+from modelworks.api import audit, errors, health, keys, models, projects, usage
 from modelworks.api.auth import require
+from modelworks.api.limits import BodyLimit
 from modelworks.api.metrics import Metrics, MetricsMiddleware
 from modelworks.api.middleware import RequestContext
 from modelworks.api.protocols import hf, openai, tfserving, v2
@@ -19,16 +26,29 @@ from modelworks.api.services import Services
 from modelworks.auth.keys import Principal
 from modelworks.settings import Settings
 
+USAGE_FLUSH_S = 2.0
+
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """Build the app on an already migrated database (`modelworks db upgrade`)."""
     svc = services or Services.build(settings)
 
+    async def flush_usage_forever() -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_S)
+            await to_thread.run_sync(svc.usage.flush)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.store.clean_scratch()
         svc.exporter.resume()
+        flusher = asyncio.create_task(flush_usage_forever())
         yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await to_thread.run_sync(svc.usage.flush)
+        await svc.limiter.close()
         svc.close()
 
     app = FastAPI(
@@ -39,13 +59,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(keys.router)
-    app.include_router(v2.router)
-    app.include_router(openai.router)
-    app.include_router(hf.router)
-    app.include_router(tfserving.router)
+    for module in (health, models, keys, projects, usage, audit, v2, openai, hf, tfserving):
+        app.include_router(module.router)
     metrics = Metrics(svc.pool)
     app.state.metrics = metrics
 
@@ -54,6 +69,41 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         """Prometheus metrics (scrape with a viewer key as bearer token)."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    async def account(_protocol: str, facts: dict[str, Any], status: int) -> None:
+        """Meter every inference request (per key x model x hour) and charge quotas."""
+        model = str(facts.get("model") or "")
+        if "key_id" not in facts or ":" not in model:
+            return
+        name, _, version = model.rpartition(":")
+        items, tokens = int(facts.get("items", 0)), int(facts.get("tokens", 0))
+        svc.usage.record(
+            project_id=facts["project_id"],
+            key_id=facts["key_id"],
+            model=name,
+            version=int(version),
+            items=items,
+            tokens=tokens,
+            compute_ms=float(facts.get("compute_ms", 0.0)),
+            error=status >= 400,
+        )
+        limits = facts.get("limits")
+        if limits is not None and limits.quota and status < 400:
+            with contextlib.suppress(Exception):  # a limits outage must not fail the answer
+                await svc.limiter.add_usage(
+                    facts["key_id"], limits, {"requests": 1, "items": items, "tokens": tokens}
+                )
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics, on_done=account)
+    app.add_middleware(BodyLimit, settings=settings)
+    if settings.origins:
+        # exact origins only; credentials travel in the Authorization header, never cookies
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+            expose_headers=["Inference-Header-Content-Length", "Retry-After", "X-Request-ID"],
+        )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_names)
     app.add_middleware(RequestContext)
     return app

@@ -1,17 +1,20 @@
-"""The auth dependency: `Authorization: Bearer <key>` -> Principal, failures audited."""
+"""The auth dependency: `Authorization: Bearer <key>` -> Principal, then role, project scope,
+rate limit and quota. Failures are audited and throttled per client address."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from anyio import to_thread
-from fastapi import Depends
+from fastapi import Depends, Query
 from starlette.requests import Request
 
-from modelworks.api.services import services
+from modelworks.api.metrics import note
+from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
-from modelworks.errors import Unauthorized
+from modelworks.errors import NotFound, TooManyRequests, Unauthorized
 
 ANONYMOUS_ROLE = "admin"  # auth off (loopback only): every caller may do everything
 
@@ -26,6 +29,7 @@ async def authenticate(request: Request) -> Principal:
         p = Principal(
             key_id=None, prefix="anonymous", project_id=svc.default_project_id, role=ANONYMOUS_ROLE
         )
+        note(key_id=0, project_id=p.project_id)
         request.state.principal = p
         return p
     header = request.headers.get("authorization", "")
@@ -43,27 +47,64 @@ async def authenticate(request: Request) -> Principal:
         if found is None:
             found = await to_thread.run_sync(svc.keys.authenticate, secret)
     except Unauthorized as exc:
+        client = client_address(request)
         record = partial(
             svc.audit.record,
             action="auth.failure",
             outcome="denied",
             actor=token.strip()[:12] if token else "",
             target=request.url.path[:256],
-            client=client_address(request),
+            client=client,
             request_id=getattr(request.state, "request_id", ""),
             details={"reason": exc.message},
         )
         await to_thread.run_sync(record)
+        if svc.auth_failures.failed(client):
+            raise TooManyRequests(
+                "too many failed authentications from this address; wait a minute "
+                "and check the API key",
+                details={"retry_after": 60},
+            ) from None
         raise
+    note(key_id=found.key_id or 0, project_id=found.project_id, limits=found.limits)
+    if found.key_id is not None and found.limits.rate is not None:
+        await svc.limiter.hit(found.key_id, found.limits)
     request.state.principal = found
     return found
 
 
-def require(permission: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that authenticates and checks the role allows `permission`."""
+def scope_to(svc: Services, p: Principal, project: str) -> Principal:
+    """Admins act in any project; other keys only in their own (any other reads as missing)."""
+    from modelworks.names import ProjectName
 
-    async def dependency(p: Principal = Depends(authenticate)) -> Principal:
+    try:
+        project_id = svc.registry.project_id(ProjectName(project))
+    except NotFound:
+        project_id = None
+    if project_id is None or (p.role != "admin" and project_id != p.project_id):
+        raise NotFound(f"project {project!r} not found", details={"project": project})
+    return dataclasses.replace(p, project_id=project_id)
+
+
+def require(permission: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that authenticates, checks the role allows `permission`, applies the
+    `?project=` scope, and for inference checks the key's daily quotas."""
+
+    async def dependency(
+        request: Request,
+        p: Principal = Depends(authenticate),
+        project: str | None = Query(
+            None, max_length=64, description="Act in this project (admin keys: any project)."
+        ),
+    ) -> Principal:
         p.require(permission)
+        svc = services(request)
+        if project is not None:
+            p = await to_thread.run_sync(scope_to, svc, p, project)
+            note(project_id=p.project_id)
+            request.state.principal = p
+        if permission == "infer" and p.key_id is not None and p.limits.quota:
+            await svc.limiter.check_quota(p.key_id, p.limits)
         return p
 
     return dependency

@@ -1,12 +1,17 @@
-"""API key routes under `/api/v1/keys`: the secret is in the create response, once."""
+"""API key routes under `/api/v1/keys`: the secret is in the create response, once.
+
+Owners manage the keys of their project; admins those of any project. Nobody mints a key
+with more power than their own: only admins create admin keys.
+"""
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from starlette.requests import Request
 
-from modelworks.api.auth import client_address, require
+from modelworks.api.auth import client_address, require, scope_to
 from modelworks.api.schemas import KeyCreate, KeyCreated, KeyOut
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
@@ -21,52 +26,64 @@ def _project_names(request: Request) -> dict[int, str]:
         return {pid: name for pid, name in s.execute(select(Project.id, Project.name))}
 
 
+def _audit(
+    request: Request, p: Principal, action: str, target: str, project_id: int, **details: object
+) -> None:
+    services(request).audit.record(
+        action=action,
+        outcome="ok",
+        actor=p.prefix,
+        target=target,
+        project_id=project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+        details=dict(details),
+    )
+
+
 @router.post("/keys", status_code=201, response_model=KeyCreated)
-def create_key(
+async def create_key(
     body: KeyCreate, request: Request, p: Principal = Depends(require("keys"))
 ) -> KeyCreated:
     svc = services(request)
     if body.role == "admin" and p.role != "admin":
         raise Forbidden("only an admin key can create admin keys")
-    key, secret = svc.keys.create(
-        project_id=p.project_id,
-        role=body.role,
-        name=body.name,
-        created_by=p.prefix,
-        expires_at=body.expires_at,
-    )
-    svc.audit.record(
-        action="key.create",
-        outcome="ok",
-        actor=p.prefix,
-        target=key.prefix,
-        project_id=p.project_id,
-        client=client_address(request),
-        request_id=getattr(request.state, "request_id", ""),
-        details={"role": key.role},
-    )
-    out = KeyOut.of(key, _project_names(request).get(key.project_id, ""))
-    return KeyCreated(**out.model_dump(), key=secret)
+    target = p
+    if body.project is not None:
+        target = await to_thread.run_sync(scope_to, svc, p, body.project)
+
+    def create() -> KeyCreated:
+        key, secret = svc.keys.create(
+            project_id=target.project_id,
+            role=body.role,
+            name=body.name,
+            created_by=p.prefix,
+            expires_at=body.expires_at,
+            models=body.models,
+            rate_limit=body.rate_limit,
+            burst=body.burst,
+            quota=body.quota.as_dict() if body.quota else None,
+        )
+        _audit(
+            request, p, "key.create", key.prefix, key.project_id, role=key.role, models=key.models
+        )
+        out = KeyOut.of(key, _project_names(request).get(key.project_id, ""))
+        return KeyCreated(**out.model_dump(), key=secret)
+
+    return await to_thread.run_sync(create)
 
 
 @router.get("/keys", response_model=list[KeyOut])
 def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list[KeyOut]:
     names = _project_names(request)
-    scope = None if p.role == "admin" else p.project_id
-    return [KeyOut.of(k, names.get(k.project_id, "")) for k in services(request).keys.list(scope)]
+    return [
+        KeyOut.of(k, names.get(k.project_id, "")) for k in services(request).keys.list(p.project_id)
+    ]
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 def revoke_key(key_id: int, request: Request, p: Principal = Depends(require("keys"))) -> KeyOut:
     svc = services(request)
     key = svc.keys.revoke(key_id, None if p.role == "admin" else p.project_id)
-    svc.audit.record(
-        action="key.revoke",
-        outcome="ok",
-        actor=p.prefix,
-        target=key.prefix,
-        project_id=key.project_id,
-        client=client_address(request),
-        request_id=getattr(request.state, "request_id", ""),
-    )
+    _audit(request, p, "key.revoke", key.prefix, key.project_id)
     return KeyOut.of(key, _project_names(request).get(key.project_id, ""))

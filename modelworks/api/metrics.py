@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -141,9 +141,18 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    """Times and counts inference requests, and hands each one to `on_done` (usage metering,
+    quotas) once the response has gone out."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        on_done: Callable[[str, dict[str, Any], int], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.on_done = on_done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         protocol = protocol_of(scope["path"]) if scope["type"] == "http" else None
@@ -166,3 +175,5 @@ class MetricsMiddleware:
         finally:
             CURRENT.reset(token)
             self.metrics.record(protocol, facts, status, time.perf_counter() - started)
+            if self.on_done is not None:
+                await self.on_done(protocol, facts, status)

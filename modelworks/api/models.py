@@ -185,9 +185,7 @@ async def set_alias(
     svc = services(request)
     AliasName(alias)
     if body.warm:
-        target = await to_thread.run_sync(
-            svc.serving.resolve, p.project_id, name, str(body.version)
-        )
+        target = await to_thread.run_sync(svc.serving.resolve, p, name, str(body.version))
         if target.status == "ready":
             try:
                 await svc.serving.load(target)

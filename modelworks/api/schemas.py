@@ -31,7 +31,7 @@ class ModelCreate(BaseModel):
 
 
 class ModelPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     task: str | None = Field(None, max_length=64)
     description: str | None = Field(None, max_length=10_000)
@@ -50,12 +50,71 @@ class AliasSet(BaseModel):
     )
 
 
-class KeyCreate(BaseModel):
+class Quota(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    requests: int | None = Field(None, ge=0, description="Inference requests per UTC day.")
+    items: int | None = Field(None, ge=0, description="Rows, sentences or images per UTC day.")
+    tokens: int | None = Field(None, ge=0, description="Tokens per UTC day (text models).")
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field("", max_length=128)
     role: str = Field("developer", max_length=16)
+    project: str | None = Field(
+        None, max_length=64, description="Project of the key (admin keys only; default: yours)."
+    )
+    models: list[str] | None = Field(
+        None, max_length=1000, description="Only these models may be read and called."
+    )
+    rate_limit: float | None = Field(None, gt=0, description="Requests per second.")
+    burst: int | None = Field(None, ge=1, description="Requests allowed at once above the rate.")
+    quota: Quota | None = None
     expires_at: datetime | None = None
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(max_length=200)
+    description: str = Field("", max_length=10_000)
+    rate_limit: float | None = Field(None, gt=0, description="Default requests/s of its keys.")
+    burst: int | None = Field(None, ge=1)
+    quota: Quota | None = None
+
+
+class ProjectPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    description: str | None = Field(None, max_length=10_000)
+    rate_limit: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+    quota: Quota | None = None
+
+
+class ProjectOut(BaseModel):
+    name: str
+    description: str
+    rate_limit: float | None
+    burst: int | None
+    quota: dict[str, int]
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, p: Any) -> ProjectOut:
+        return cls(
+            name=p.name,
+            description=p.description,
+            rate_limit=p.rate_limit,
+            burst=p.burst,
+            quota=p.quota or {},
+            created_at=p.created_at,
+        )
 
 
 class VersionOut(BaseModel):
@@ -155,6 +214,10 @@ class KeyOut(BaseModel):
     prefix: str
     role: str
     project: str
+    models: list[str] | None = None
+    rate_limit: float | None = None
+    burst: int | None = None
+    quota: dict[str, int] = {}
     created_by: str
     created_at: Timestamp
     expires_at: OptionalTimestamp
@@ -169,6 +232,10 @@ class KeyOut(BaseModel):
             prefix=k.prefix,
             role=k.role,
             project=project,
+            models=k.models,
+            rate_limit=k.rate_limit,
+            burst=k.burst,
+            quota=k.quota or {},
             created_by=k.created_by,
             created_at=k.created_at,
             expires_at=k.expires_at,

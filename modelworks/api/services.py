@@ -10,6 +10,8 @@ from starlette.requests import Request
 
 from modelworks.auth.audit import AuditLog
 from modelworks.auth.keys import KeyService
+from modelworks.auth.limits import FailureThrottle, Limiter, make_backend
+from modelworks.auth.usage import UsageMeter
 from modelworks.db import make_engine, make_sessionmaker
 from modelworks.jobs.onnx_export import Exporter
 from modelworks.registry import Registry
@@ -31,6 +33,9 @@ class Services:
     pool: ModelPool
     serving: ServingEngine
     exporter: Exporter
+    limiter: Limiter
+    auth_failures: FailureThrottle
+    usage: UsageMeter
     default_project_id: int
 
     @classmethod
@@ -57,6 +62,9 @@ class Services:
             pool=pool,
             serving=ServingEngine(registry, pool),
             exporter=Exporter(registry, store, settings.max_upload_bytes),
+            limiter=Limiter(make_backend(settings.limits_url)),
+            auth_failures=FailureThrottle(settings.auth_failures_per_minute),
+            usage=UsageMeter(sessions),
             default_project_id=registry.project_id("default"),
         )
 

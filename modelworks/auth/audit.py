@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelworks.db.tables import AuditEvent
@@ -46,9 +47,30 @@ class AuditLog:
         except Exception:  # the audit trail must never turn a request into a 500
             log.exception("could not write audit event %s", action)
 
-    def list(self, project_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+    def list(
+        self,
+        project_id: int | None = None,
+        *,
+        include_unscoped: bool = False,
+        action: str | None = None,
+        actor: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
         with self.sessions() as s:
             q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if project_id is not None:
-                q = q.where(AuditEvent.project_id == project_id)
+                cond = AuditEvent.project_id == project_id
+                if include_unscoped:
+                    cond = or_(cond, AuditEvent.project_id.is_(None))
+                q = q.where(cond)
+            if action:
+                q = q.where(AuditEvent.action == action)
+            if actor:
+                q = q.where(AuditEvent.actor == actor)
+            if start is not None:
+                q = q.where(AuditEvent.at >= start)
+            if end is not None:
+                q = q.where(AuditEvent.at < end)
             return list(s.scalars(q))

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelworks.auth.limits import QUOTA_KINDS, Limits, limits_from
 from modelworks.db.tables import ApiKey, Project
 from modelworks.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 
@@ -37,12 +38,25 @@ _GRANTS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's id, prefix, project and role."""
+    """Who is calling: the key's id, prefix, project, role, model allowlist and limits."""
 
     key_id: int | None
     prefix: str
     project_id: int
     role: str
+    models: frozenset[str] | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def allows_model(self, name: str) -> bool:
+        return self.models is None or name in self.models
+
+    def check_model(self, name: str) -> None:
+        """A model outside the key's allowlist looks exactly like a missing one."""
+        if not self.allows_model(name):
+            raise NotFound(
+                f"model {name!r} not found; list models with `modelworks models list`",
+                details={"model": name},
+            )
 
     def can(self, permission: str) -> bool:
         return permission in _GRANTS.get(self.role, frozenset())
@@ -77,6 +91,10 @@ class KeyService:
         # hot path; revocations made through this process drop their entry at once
         self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
 
+    def forget_cached(self) -> None:
+        """Drop every cached key (after a change to projects or limits)."""
+        self._cache.clear()
+
     def cached(self, secret: str) -> Principal | None:
         """The principal for `secret` if it was verified moments ago and is still valid."""
         hit = self._cache.get(hash_secret(secret))
@@ -94,9 +112,18 @@ class KeyService:
         name: str = "",
         created_by: str = "",
         expires_at: datetime | None = None,
+        models: list[str] | None = None,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        quota: dict[str, int] | None = None,
     ) -> tuple[ApiKey, str]:
         if role not in ROLES:
             raise ValidationFailed(f"unknown role {role!r}; use one of: {', '.join(ROLES)}")
+        check_limits(rate_limit, burst, quota)
+        if models is not None:
+            from modelworks.names import ModelName
+
+            models = sorted({ModelName(m) for m in models})
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         for _ in range(5):
@@ -111,6 +138,10 @@ class KeyService:
                         role=role,
                         created_by=created_by,
                         expires_at=expires_at,
+                        models=models,
+                        rate_limit=rate_limit,
+                        burst=burst,
+                        quota=quota or {},
                     )
                     s.add(key)
                     s.flush()
@@ -150,6 +181,7 @@ class KeyService:
             )
         with self.sessions() as s:
             key = s.scalar(select(ApiKey).where(ApiKey.prefix == secret[:PREFIX_LEN]))
+            project = s.get(Project, key.project_id) if key is not None else None
         # compare even when no key matched, so timing does not tell whether a prefix exists
         expected = key.secret_hash if key is not None else "0" * 64
         if not hmac.compare_digest(expected, hash_secret(secret)) or key is None:
@@ -160,7 +192,12 @@ class KeyService:
         if key.expires_at is not None and _aware(key.expires_at) <= now:
             raise Unauthorized("this API key has expired; ask for a new one")
         principal = Principal(
-            key_id=key.id, prefix=key.prefix, project_id=key.project_id, role=key.role
+            key_id=key.id,
+            prefix=key.prefix,
+            project_id=key.project_id,
+            role=key.role,
+            models=frozenset(key.models) if key.models is not None else None,
+            limits=limits_from(key.rate_limit, key.burst, key.quota, project),
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -190,6 +227,19 @@ class KeyService:
             project_id=default, role="admin", name="bootstrap admin", created_by="modelworks serve"
         )
         return secret
+
+
+def check_limits(rate_limit: float | None, burst: int | None, quota: dict[str, int] | None) -> None:
+    """Rate limits are positive requests/s, bursts and quotas non-negative whole numbers."""
+    if rate_limit is not None and not (0 < rate_limit <= 1e6):
+        raise ValidationFailed("rate_limit must be a number of requests/s above 0")
+    if burst is not None and not (1 <= burst <= 1e6):
+        raise ValidationFailed("burst must be a whole number from 1")
+    for kind, value in (quota or {}).items():
+        if kind not in QUOTA_KINDS:
+            raise ValidationFailed(f"unknown quota {kind!r}; use {', '.join(QUOTA_KINDS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValidationFailed(f"quota {kind!r} must be a whole number from 0")
 
 
 def _aware(dt: datetime) -> datetime:

@@ -54,6 +54,15 @@ def alembic_config(url: str) -> Any:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision` (what `modelworks db upgrade` and `serve` run)."""
+    _migrate(url, "upgrade", revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Undo migrations down to `revision`."""
+    _migrate(url, "downgrade", revision)
+
+
+def _migrate(url: str, direction: str, revision: str) -> None:
     from alembic import command
 
     engine = make_engine(url)
@@ -61,7 +70,7 @@ def upgrade(url: str, revision: str = "head") -> None:
         with engine.begin() as conn:
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+            getattr(command, direction)(cfg, revision)
     finally:
         engine.dispose()
 

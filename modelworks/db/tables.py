@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -42,6 +43,10 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # defaults for the project's keys: requests/s, burst, daily quota {requests, items, tokens}
+    rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Model(Base):
@@ -137,6 +142,11 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))
+    # allowlist of model names this key may read and call; NULL: every model of the project
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    quota: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -159,3 +169,22 @@ class AuditEvent(Base):
     client: Mapped[str] = mapped_column(String(64), default="")
     request_id: Mapped[str] = mapped_column(String(64), default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class UsageRecord(Base):
+    """What a key used of a model in one hour: the unit a team bills on. Rows only grow."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (UniqueConstraint("project_id", "key_id", "model", "version", "hour"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(Integer, index=True)
+    key_id: Mapped[int] = mapped_column(Integer, index=True)  # 0: anonymous (auth off)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    compute_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -161,10 +161,14 @@ class Batcher:
                     it.future.set_exception(exc)
             return
         self.batches += 1
+        seconds = time.perf_counter() - started
+        total_rows = sum(it.rows for it in group) or 1
         if self.on_batch is not None:
-            self.on_batch(sum(it.rows for it in group), time.perf_counter() - started)
+            self.on_batch(total_rows, seconds)
         for it, res in zip(group, results, strict=True):
             if not it.future.done():
+                # each request is billed its share of the run, by rows
+                res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total_rows)
                 it.future.set_result(res)
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from anyio import to_thread
 
 from modelworks.api.metrics import note
+from modelworks.auth.keys import Principal
 from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
 from modelworks.registry import Registry, parse_model_ref
 from modelworks.serving.pool import ModelPool
@@ -45,9 +46,12 @@ class Engine:
             for key in [k for k in self._cache if k[0] == project_id and k[1] == name]:
                 del self._cache[key]
 
-    def resolve(self, project_id: int, ref: str, version: str | None = None) -> Target:
-        """`name`, `name:3`, `name:alias`, or a name plus a separate version/alias."""
+    def resolve(self, principal: Principal, ref: str, version: str | None = None) -> Target:
+        """`name`, `name:3`, `name:alias`, or a name plus a separate version/alias, as the key
+        sees it: a model outside its allowlist is as missing as one that does not exist."""
+        project_id = principal.project_id
         name, selector = parse_model_ref(ref)
+        principal.check_model(name)
         if version is not None:
             if selector is not None:
                 raise InvalidInput(
@@ -82,13 +86,16 @@ class Engine:
         note(model=f"{target.model}:{target.version}")
         return target
 
-    async def resolve_async(self, project_id: int, ref: str, version: str | None = None) -> Target:
-        key = (project_id, ref, version)
+    async def resolve_async(
+        self, principal: Principal, ref: str, version: str | None = None
+    ) -> Target:
+        key = (principal.project_id, ref, version)
         hit = self._cache.get(key) if ":" not in ref and version is None else None
         if hit is not None and hit[0] > time.monotonic():
+            principal.check_model(hit[1].model)
             note(model=f"{hit[1].model}:{hit[1].version}")
             return hit[1]
-        return await to_thread.run_sync(self.resolve, project_id, ref, version)
+        return await to_thread.run_sync(self.resolve, principal, ref, version)
 
     async def load(self, target: Target) -> Any:
         if target.status == "converting":
@@ -118,5 +125,6 @@ class Engine:
         items = int(first.shape[0]) if first.ndim else 1
         tokens_arr = outputs.pop("_tokens", None)
         tokens = int(tokens_arr.sum()) if tokens_arr is not None else 0
-        note(items=items, tokens=tokens)
+        compute = outputs.pop("_compute_ms", None)
+        note(items=items, tokens=tokens, compute_ms=float(compute) if compute is not None else 0.0)
         return Prediction(target, outputs, items, tokens)

@@ -34,7 +34,7 @@ async def task_call(
     texts = parse_texts(req.get("inputs"), field="inputs")
     raw = req.get("parameters")
     params: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    t = await svc.serving.resolve_async(p.project_id, model)
+    t = await svc.serving.resolve_async(p, model)
     pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
     if t.task == "embeddings":
         emb = pred.outputs["embedding"]

@@ -57,7 +57,7 @@ def retrieve_model(
     model: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> dict[str, Any]:
     svc = services(request)
-    t = svc.serving.resolve(p.project_id, model)
+    t = svc.serving.resolve(p, model)
     m = svc.registry.get_model(p.project_id, t.model)
     return {
         "id": t.model,
@@ -124,7 +124,7 @@ async def embeddings(request: Request, p: Principal = Depends(require("infer")))
     fmt = req.get("encoding_format", "float") or "float"
     if fmt not in ("float", "base64"):
         raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
-    t = await svc.serving.resolve_async(p.project_id, model)
+    t = await svc.serving.resolve_async(p, model)
     if t.task != "embeddings":
         raise InvalidInput(f"model {t.model!r} has task {t.task!r}, not 'embeddings'")
     dims = req.get("dimensions")

@@ -198,7 +198,7 @@ async def _resolve(
         selector = label
     svc = services(request)
     try:
-        return await svc.serving.resolve_async(p.project_id, model, selector)
+        return await svc.serving.resolve_async(p, model, selector)
     except ValidationFailed as exc:  # a malformed name: TF-Serving has no 422
         raise BadRequest(exc.message) from None
 

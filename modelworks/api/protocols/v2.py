@@ -95,7 +95,7 @@ def model_metadata(
     p: Principal = Depends(require("infer")),
 ) -> dict[str, Any]:
     svc = services(request)
-    t = svc.serving.resolve(p.project_id, model, version)
+    t = svc.serving.resolve(p, model, version)
     versions = [x.version for x in svc.registry.list_versions(p.project_id, t.model)]
     return _metadata(t, versions)
 
@@ -110,7 +110,7 @@ async def model_ready(
 ) -> Response:
     """Loads (and warms up) the model if needed: ready means the next call will not wait."""
     svc = services(request)
-    t = await svc.serving.resolve_async(p.project_id, model, version)
+    t = await svc.serving.resolve_async(p, model, version)
     try:
         await svc.serving.load(t)
     except ModelworksError as exc:
@@ -129,7 +129,7 @@ async def infer(
     p: Principal = Depends(require("infer")),
 ) -> Response:
     svc: Services = services(request)
-    t = await svc.serving.resolve_async(p.project_id, model, version)
+    t = await svc.serving.resolve_async(p, model, version)
     body = await read_body(request, svc.settings.max_request_bytes)
     req, feeds = decode_request(request, body, svc.settings.max_tensor_elements)
     check_against_signature(t.signature, feeds)

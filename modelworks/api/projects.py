@@ -1,0 +1,94 @@
+"""Project routes under `/api/v1/projects`: admins create and delete tenants; a project's
+owner reads and tunes its own (default rate limit and quotas of its keys)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+
+from modelworks.api.auth import client_address, require
+from modelworks.api.schemas import Deleted, ProjectCreate, ProjectOut, ProjectPatch
+from modelworks.api.services import services
+from modelworks.auth.keys import Principal
+from modelworks.errors import Forbidden
+from modelworks.registry.projects import ProjectService
+
+router = APIRouter(prefix="/api/v1", tags=["projects"])
+
+
+def _service(request: Request) -> ProjectService:
+    return ProjectService(services(request).sessions)
+
+
+def _audit(
+    request: Request, p: Principal, action: str, target: str, project_id: int | None
+) -> None:
+    services(request).audit.record(
+        action=action,
+        outcome="ok",
+        actor=p.prefix,
+        target=target,
+        project_id=project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+    )
+
+
+def _admin(p: Principal) -> None:
+    if p.role != "admin":
+        raise Forbidden("only an admin key can create or delete projects")
+
+
+@router.post("/projects", status_code=201, response_model=ProjectOut)
+def create_project(
+    body: ProjectCreate, request: Request, p: Principal = Depends(require("keys"))
+) -> ProjectOut:
+    _admin(p)
+    project = _service(request).create(
+        body.name,
+        description=body.description,
+        rate_limit=body.rate_limit,
+        burst=body.burst,
+        quota=body.quota.as_dict() if body.quota else None,
+    )
+    _audit(request, p, "project.create", project.name, project.id)
+    return ProjectOut.of(project)
+
+
+@router.get("/projects", response_model=list[ProjectOut])
+def list_projects(request: Request, p: Principal = Depends(require("read"))) -> list[ProjectOut]:
+    only = None if p.role == "admin" else p.project_id
+    return [ProjectOut.of(x) for x in _service(request).list(only)]
+
+
+@router.get("/projects/{name}", response_model=ProjectOut)
+def get_project(name: str, request: Request, p: Principal = Depends(require("read"))) -> ProjectOut:
+    return ProjectOut.of(_service(request).get(name, None if p.role == "admin" else p.project_id))
+
+
+@router.patch("/projects/{name}", response_model=ProjectOut)
+def update_project(
+    name: str, body: ProjectPatch, request: Request, p: Principal = Depends(require("keys"))
+) -> ProjectOut:
+    changes = body.model_dump(exclude_unset=True)
+    if body.quota is not None:
+        changes["quota"] = body.quota.as_dict()
+    project = _service(request).update(name, changes, None if p.role == "admin" else p.project_id)
+    services(request).keys.forget_cached()
+    _audit(request, p, "project.update", project.name, project.id)
+    return ProjectOut.of(project)
+
+
+@router.delete("/projects/{name}", response_model=Deleted)
+def delete_project(name: str, request: Request, p: Principal = Depends(require("keys"))) -> Deleted:
+    _admin(p)
+    svc = services(request)
+    projects = _service(request)
+    project_id, model_names = projects.delete(name)
+    for model in model_names:
+        for digest in svc.registry.delete_model(project_id, model):
+            svc.pool.drop(digest)
+    projects.finish_delete(project_id)
+    svc.keys.forget_cached()
+    _audit(request, p, "project.delete", name, project_id)
+    return Deleted(deleted=name)

@@ -1,0 +1,96 @@
+"""Projects: the tenants. Every model, version, alias, key, usage row and audit event
+belongs to one."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelworks.auth.keys import check_limits
+from modelworks.db.tables import ApiKey, Model, Project
+from modelworks.errors import Conflict, NotFound, ValidationFailed
+from modelworks.names import ProjectName
+
+DEFAULT_PROJECT = "default"
+
+
+class ProjectService:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def create(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        quota: dict[str, int] | None = None,
+    ) -> Project:
+        name = ProjectName(name)
+        check_limits(rate_limit, burst, quota)
+        try:
+            with self.sessions.begin() as s:
+                p = Project(
+                    name=name,
+                    description=description,
+                    rate_limit=rate_limit,
+                    burst=burst,
+                    quota=quota or {},
+                )
+                s.add(p)
+                s.flush()
+                s.expunge(p)
+                return p
+        except IntegrityError:
+            raise Conflict(f"project {name!r} already exists") from None
+
+    def list(self, only: int | None = None) -> list[Project]:
+        with self.sessions() as s:
+            q = select(Project).order_by(Project.name)
+            if only is not None:
+                q = q.where(Project.id == only)
+            return list(s.scalars(q))
+
+    def get(self, name: str, only: int | None = None) -> Project:
+        with self.sessions() as s:
+            q = select(Project).where(Project.name == ProjectName(name))
+            if only is not None:
+                q = q.where(Project.id == only)
+            p = s.scalar(q)
+        if p is None:
+            raise NotFound(f"project {name!r} not found", details={"project": name})
+        return p
+
+    def update(self, name: str, changes: dict[str, Any], only: int | None = None) -> Project:
+        check_limits(changes.get("rate_limit"), changes.get("burst"), changes.get("quota"))
+        target = self.get(name, only)
+        with self.sessions.begin() as s:
+            p = s.get(Project, target.id)
+            assert p is not None
+            for key in ("description", "rate_limit", "burst", "quota"):
+                if key in changes:
+                    setattr(p, key, changes[key] if key != "quota" else (changes[key] or {}))
+        return self.get(name, only)
+
+    def delete(self, name: str) -> tuple[int, builtins.list[str]]:
+        """Delete a project with its keys; returns its id and its models' names (the caller
+        deletes those through the registry so their blobs are collected)."""
+        if name == DEFAULT_PROJECT:
+            raise ValidationFailed("the default project cannot be deleted")
+        p = self.get(name)
+        with self.sessions() as s:
+            models = list(s.scalars(select(Model.name).where(Model.project_id == p.id)))
+        return p.id, models
+
+    def finish_delete(self, project_id: int) -> None:
+        with self.sessions.begin() as s:
+            for key in s.scalars(select(ApiKey).where(ApiKey.project_id == project_id)):
+                s.delete(key)
+            p = s.get(Project, project_id)
+            if p is not None:
+                s.delete(p)
