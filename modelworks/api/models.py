@@ -20,7 +20,7 @@ from modelworks.api.schemas import (
 from modelworks.api.services import Services, services
 from modelworks.api.uploads import receive_file
 from modelworks.auth.keys import Principal
-from modelworks.errors import Conflict, ModelworksError, ServiceUnavailable
+from modelworks.errors import Conflict, Forbidden, ModelworksError, ServiceUnavailable
 from modelworks.names import AliasName, ModelName
 from modelworks.registry.formats import detect_and_inspect
 
@@ -65,6 +65,8 @@ def _audit(
 def create_model(
     body: ModelCreate, request: Request, p: Principal = Depends(require("write"))
 ) -> ModelOut:
+    if not p.allows_model(body.name):
+        raise Forbidden("this key is limited to other models; ask an owner for a wider key")
     m = services(request).registry.create_model(
         p.project_id,
         body.name,
@@ -79,11 +81,13 @@ def create_model(
 
 @router.get("/models", response_model=list[ModelOut])
 def list_models(request: Request, p: Principal = Depends(require("read"))) -> list[ModelOut]:
-    return [ModelOut.of(m) for m in services(request).registry.list_models(p.project_id)]
+    models = services(request).registry.list_models(p.project_id)
+    return [ModelOut.of(m) for m in models if p.allows_model(m.name)]
 
 
 @router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, request: Request, p: Principal = Depends(require("read"))) -> ModelDetail:
+    p.check_model(name)
     return ModelDetail.detail(services(request).registry.get_model(p.project_id, name))
 
 
@@ -91,6 +95,7 @@ def get_model(name: str, request: Request, p: Principal = Depends(require("read"
 def update_model(
     name: str, body: ModelPatch, request: Request, p: Principal = Depends(require("write"))
 ) -> ModelOut:
+    p.check_model(name)
     m = services(request).registry.update_model(
         p.project_id, name, body.model_dump(exclude_none=True)
     )
@@ -101,6 +106,7 @@ def update_model(
 @router.delete("/models/{name}", response_model=Deleted)
 def delete_model(name: str, request: Request, p: Principal = Depends(require("write"))) -> Deleted:
     svc = services(request)
+    p.check_model(name)
     freed = svc.registry.delete_model(p.project_id, name)
     for digest in freed:
         svc.pool.drop(digest)
@@ -117,6 +123,7 @@ async def upload_version(
     """Upload a model file (multipart field `file`) as the model's next version."""
     svc: Services = services(request)
     name = ModelName(name)
+    p.check_model(name)
     model = await to_thread.run_sync(svc.registry.get_model, p.project_id, name)  # 404 first
     upload = svc.store.begin_upload(svc.settings.max_upload_bytes)
     try:
@@ -158,6 +165,7 @@ async def upload_version(
 def list_versions(
     name: str, request: Request, p: Principal = Depends(require("read"))
 ) -> list[VersionOut]:
+    p.check_model(name)
     return ModelDetail.detail(services(request).registry.get_model(p.project_id, name)).version_list
 
 
@@ -166,6 +174,7 @@ def get_version(
     name: str, version: int, request: Request, p: Principal = Depends(require("read"))
 ) -> VersionOut:
     svc = services(request)
+    p.check_model(name)
     v = svc.registry.get_version(p.project_id, name, version)
     m = svc.registry.get_model(p.project_id, name)
     aliases = sorted(a.name for a in m.aliases if a.version_id == v.id)
@@ -183,6 +192,7 @@ async def set_alias(
     """Point an alias at a version. The version is loaded and warmed first, so requests that
     follow the alias never meet a cold model; in-flight requests finish on the old one."""
     svc = services(request)
+    p.check_model(name)
     AliasName(alias)
     if body.warm:
         target = await to_thread.run_sync(svc.serving.resolve, p, name, str(body.version))
@@ -203,6 +213,7 @@ async def set_alias(
 def delete_alias(
     name: str, alias: str, request: Request, p: Principal = Depends(require("write"))
 ) -> Deleted:
+    p.check_model(name)
     services(request).registry.delete_alias(p.project_id, name, alias)
     _audit(request, p, "alias.delete", f"{name}:{alias}")
     return Deleted(deleted=f"{name}:{alias}")

@@ -174,12 +174,33 @@ class Endpoints:
 
     # keys --------------------------------------------------------------------------------
     def create_key(
-        self, *, role: str = "developer", name: str = "", expires_at: str | None = None
+        self,
+        *,
+        role: str = "developer",
+        name: str = "",
+        expires_at: str | None = None,
+        project: str | None = None,
+        models: list[str] | None = None,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        quota: Mapping[str, int] | None = None,
     ) -> Any:
-        """Create an API key; the secret is in the answer's `key` field, shown this once."""
+        """Create an API key; the secret is in the answer's `key` field, shown this once.
+
+        `models` limits the key to those models; `rate_limit` (requests/s) with `burst` and a
+        daily `quota` ({"requests", "items", "tokens"}) cap what it may use. Admins may give
+        another `project`.
+        """
         body: dict[str, Any] = {"role": role, "name": name}
-        if expires_at is not None:
-            body["expires_at"] = expires_at
+        optional = {
+            "expires_at": expires_at,
+            "project": project,
+            "models": models,
+            "rate_limit": rate_limit,
+            "burst": burst,
+            "quota": dict(quota) if quota is not None else None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
         return self._execute(Call("POST", "/api/v1/keys", json=body))
 
     def list_keys(self) -> Any:
@@ -188,6 +209,79 @@ class Endpoints:
     def revoke_key(self, key_id: int) -> Any:
         """Revoke a key; it stops working at once."""
         return self._execute(Call("DELETE", f"/api/v1/keys/{int(key_id)}"))
+
+    # projects ----------------------------------------------------------------------------
+    def create_project(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        quota: Mapping[str, int] | None = None,
+    ) -> Any:
+        """Create a project (a tenant; admin keys only), with default limits for its keys."""
+        body: dict[str, Any] = {"name": name, "description": description}
+        optional = {
+            "rate_limit": rate_limit,
+            "burst": burst,
+            "quota": dict(quota) if quota is not None else None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return self._execute(Call("POST", "/api/v1/projects", json=body))
+
+    def list_projects(self) -> Any:
+        return self._execute(Call("GET", "/api/v1/projects"))
+
+    def get_project(self, name: str) -> Any:
+        return self._execute(Call("GET", f"/api/v1/projects/{_seg(name)}"))
+
+    def update_project(self, name: str, **changes: Any) -> Any:
+        """Change `description`, `rate_limit`, `burst` or `quota` of a project."""
+        return self._execute(Call("PATCH", f"/api/v1/projects/{_seg(name)}", json=changes))
+
+    def delete_project(self, name: str) -> Any:
+        """Delete a project with its models, versions and keys (admin keys only)."""
+        return self._execute(Call("DELETE", f"/api/v1/projects/{_seg(name)}"))
+
+    # usage and audit -----------------------------------------------------------------------
+    def usage(
+        self,
+        *,
+        project: str | None = None,
+        key: int | None = None,
+        model: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        group_by: str = "hour,key,model",
+    ) -> Any:
+        """Requests, items, tokens, compute_ms and errors, summed per `group_by` (any of
+        hour, day, key, model, version, project)."""
+        params = {
+            "project": project,
+            "key": key,
+            "model": model,
+            "from": start,
+            "to": end,
+            "group_by": group_by,
+        }
+        return self._execute(
+            Call("GET", "/api/v1/usage", params={k: v for k, v in params.items() if v is not None})
+        )
+
+    def audit(
+        self,
+        *,
+        project: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        limit: int = 100,
+    ) -> Any:
+        """Audit events, newest first: management actions and auth failures."""
+        params = {"project": project, "action": action, "actor": actor, "limit": limit}
+        return self._execute(
+            Call("GET", "/api/v1/audit", params={k: v for k, v in params.items() if v is not None})
+        )
 
     # inference ---------------------------------------------------------------------------
     def model_metadata(self, model: str) -> Any:

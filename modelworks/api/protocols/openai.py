@@ -47,7 +47,7 @@ def list_models(request: Request, p: Principal = Depends(require("infer"))) -> d
                 "task": m.task,
             }
             for m in models
-            if m.versions
+            if m.versions and p.allows_model(m.name)
         ],
     }
 
