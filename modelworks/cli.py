@@ -188,6 +188,22 @@ def db_upgrade(
         out.print(f"database at revision {current_revision(settings.resolved_database_url)}")
 
 
+@app.command("store-key")
+def store_key(
+    path: Annotated[Path, typer.Argument(help="Where to write the new key (must not exist).")],
+) -> None:
+    """Write a new random 32-byte key for encrypting artifacts at rest (mode 0600); point
+    MODELWORKS_ENCRYPTION_KEY_FILE at it before the first upload, and back it up: without it
+    the artifacts cannot be read."""
+    from modelworks.crypto import new_key_file
+
+    try:
+        new_key_file(path)
+    except FileExistsError:
+        fail(f"{path} already exists; keys are never overwritten")
+    err.print(f"wrote a new key to {path}; set MODELWORKS_ENCRYPTION_KEY_FILE={path}")
+
+
 @app.command()
 def version() -> None:
     """Print the Modelworks version."""
@@ -460,16 +476,14 @@ def keys_bootstrap(
     with handled():
         from modelworks.auth.keys import KeyService
         from modelworks.db import make_engine, make_sessionmaker, upgrade
-        from modelworks.registry import Registry
-        from modelworks.store import ArtifactStore
+        from modelworks.registry.projects import DEFAULT_PROJECT, ProjectService
 
         settings = _settings(home=home, database_url=database_url)
         upgrade(settings.resolved_database_url)
         engine = make_engine(settings.resolved_database_url)
         try:
             sessions = make_sessionmaker(engine)
-            store = ArtifactStore(settings.resolved_store_url, scratch=settings.home / "tmp")
-            project = Registry(sessions, store).project_id("default")
+            project = ProjectService(sessions).get(DEFAULT_PROJECT).id
             key, secret = KeyService(sessions).create(
                 project_id=project,
                 role="admin",

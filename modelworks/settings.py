@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         30, ge=1, description="Failed authentications per client address per minute before 429."
     )
+    encryption_key_file: Path | None = Field(
+        None, description="File with a 32-byte key: artifacts are stored AES-GCM encrypted."
+    )
     log_level: str = Field("info", description="Server log level (debug, info, warning, error).")
 
     @model_validator(mode="after")
@@ -103,8 +106,12 @@ def settings_table() -> list[tuple[str, str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         ann = field.annotation
-        type_name = getattr(ann, "__name__", str(ann))
+        args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+        if args:  # Optional[X]
+            type_name = f"{getattr(args[0], '__name__', args[0])} (optional)"
+        else:
+            type_name = getattr(ann, "__name__", str(ann))
         default = field.default
-        shown = "" if default == "" else str(default)
+        shown = "" if default in ("", None) else str(default)
         rows.append((f"MODELWORKS_{name.upper()}", type_name, shown, field.description or ""))
     return rows

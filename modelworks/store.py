@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from modelworks.crypto import ArtifactCipher
 from modelworks.errors import InternalError, PayloadTooLarge, ValidationFailed
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -127,10 +128,15 @@ class Upload:
 class ArtifactStore:
     """Blobs addressed by digest under `blobs/sha256/<2 hex>/<62 hex>`."""
 
-    def __init__(self, url: str, scratch: Path | None = None) -> None:
+    def __init__(
+        self, url: str, scratch: Path | None = None, cipher: ArtifactCipher | None = None
+    ) -> None:
         import fsspec
 
         self.url = url
+        # with a cipher, blobs are stored encrypted; plaintext copies the runtimes read live
+        # in a local cache outside the store (`scratch/plain`), each checked by digest
+        self.cipher = cipher
         protocol = url.split("://", 1)[0] if "://" in url else "file"
         self.local = protocol in ("file", "local")
         if self.local:
@@ -147,6 +153,11 @@ class ArtifactStore:
             self.cache = scratch / "artifact-cache"
             self.cache.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
+        if cipher is not None:
+            if scratch is None:
+                raise InternalError("an encrypted artifact store needs a local scratch folder")
+            self.plain = scratch / "plain"
+            self.plain.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def _relative(digest: Digest) -> str:
@@ -163,6 +174,13 @@ class ArtifactStore:
             return up.commit()
 
     def _adopt(self, temp: Path, digest: Digest) -> None:
+        if self.cipher is not None:
+            sealed = temp.with_suffix(".sealed")
+            try:
+                self.cipher.encrypt_file(temp, sealed)
+                os.replace(sealed, temp)
+            finally:
+                sealed.unlink(missing_ok=True)
         rel = self._relative(digest)
         if self.local:
             target = confined(self.root, rel)
@@ -188,6 +206,8 @@ class ArtifactStore:
         """A local file holding the blob, its digest verified (remote blobs are cached)."""
         d = Digest(digest)
         rel = self._relative(d)
+        if self.cipher is not None:
+            return self._decrypted(d, rel)
         if self.local:
             path = confined(self.root, rel)
             if not path.is_file():
@@ -199,6 +219,30 @@ class ArtifactStore:
                 self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp))
                 os.replace(tmp, path)
         self.verify(path, d)
+        return path
+
+    def _decrypted(self, d: Digest, rel: str) -> Path:
+        assert self.cipher is not None
+        path = self.plain / d.hex
+        if path.is_file():
+            self.verify(path, d)
+            return path
+        tmp_sealed = self.plain / f"{d.hex}.{secrets.token_hex(6)}.sealed"
+        tmp_plain = self.plain / f"{d.hex}.{secrets.token_hex(6)}.part"
+        try:
+            if self.local:
+                sealed = confined(self.root, rel)
+                if not sealed.is_file():
+                    raise CorruptArtifact(f"artifact {d} is missing from the store")
+            else:
+                self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp_sealed))
+                sealed = tmp_sealed
+            self.cipher.decrypt_file(sealed, tmp_plain)
+            self.verify(tmp_plain, d)
+            os.replace(tmp_plain, path)
+        finally:
+            tmp_sealed.unlink(missing_ok=True)
+            tmp_plain.unlink(missing_ok=True)
         return path
 
     @staticmethod
@@ -219,7 +263,10 @@ class ArtifactStore:
         from modelworks.archives import extract_archive
 
         d = Digest(digest)
-        root = (self.root if self.local else self.cache) / "unpacked"
+        if self.cipher is not None:
+            root = self.plain / "unpacked"
+        else:
+            root = (self.root if self.local else self.cache) / "unpacked"
         target = root / d.hex
         if target.is_dir():
             return target
@@ -238,6 +285,11 @@ class ArtifactStore:
 
     def delete(self, digest: str) -> None:
         rel = self._relative(Digest(digest))
+        if self.cipher is not None:
+            import shutil
+
+            (self.plain / Digest(digest).hex).unlink(missing_ok=True)
+            shutil.rmtree(self.plain / "unpacked" / Digest(digest).hex, ignore_errors=True)
         if self.local:
             confined(self.root, rel).unlink(missing_ok=True)
             import shutil

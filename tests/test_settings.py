@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def _readme_rows() -> dict[str, tuple[str, str, str]]:
     rows = {}
     for line in README.read_text().splitlines():
-        m = re.match(r"\| `(MODELWORKS_[A-Z_]+)` \| (\w+) \| (.*?) \| (.*) \|$", line)
+        m = re.match(r"\| `(MODELWORKS_[A-Z_]+)` \| ([^|]+?) \| (.*?) \| (.*) \|$", line)
         if m:
             rows[m.group(1)] = (m.group(2), m.group(3), m.group(4))
     return rows

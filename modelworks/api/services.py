@@ -12,6 +12,7 @@ from modelworks.auth.audit import AuditLog
 from modelworks.auth.keys import KeyService
 from modelworks.auth.limits import FailureThrottle, Limiter, make_backend
 from modelworks.auth.usage import UsageMeter
+from modelworks.crypto import ArtifactCipher
 from modelworks.db import make_engine, make_sessionmaker
 from modelworks.jobs.onnx_export import Exporter
 from modelworks.registry import Registry
@@ -42,7 +43,14 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         engine = make_engine(settings.resolved_database_url)
         sessions = make_sessionmaker(engine)
-        store = ArtifactStore(settings.resolved_store_url, scratch=settings.home / "tmp")
+        cipher = (
+            ArtifactCipher.from_file(settings.encryption_key_file)
+            if settings.encryption_key_file is not None
+            else None
+        )
+        store = ArtifactStore(
+            settings.resolved_store_url, scratch=settings.home / "tmp", cipher=cipher
+        )
         registry = Registry(sessions, store)
         pool = ModelPool(
             store,
