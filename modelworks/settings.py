@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0, description="Deadline of an inference request; past it the request gets 504."
     )
+    metering: bool = Field(
+        True, description="Record usage per key x model x hour (what a team bills on)."
+    )
     limits_url: str = Field(
         "memory://",
         description="Rate-limit and quota state: memory:// (one node) or redis://host/0 (shared).",
