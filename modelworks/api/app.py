@@ -72,7 +72,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def account(_protocol: str, facts: dict[str, Any], status: int) -> None:
         """Meter every inference request (per key x model x hour) and charge quotas."""
         model = str(facts.get("model") or "")
-        if not settings.metering or "key_id" not in facts or ":" not in model:
+        inference = facts.get("method") == "POST"  # metadata and readiness reads are free
+        if not settings.metering or not inference or "key_id" not in facts or ":" not in model:
             return
         name, _, version = model.rpartition(":")
         items, tokens = int(facts.get("items", 0)), int(facts.get("tokens", 0))

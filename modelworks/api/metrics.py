@@ -159,7 +159,7 @@ class MetricsMiddleware:
         if protocol is None:
             await self.app(scope, receive, send)
             return
-        facts: dict[str, Any] = {}
+        facts: dict[str, Any] = {"method": scope["method"]}
         token = CURRENT.set(facts)
         status = 500
         started = time.perf_counter()

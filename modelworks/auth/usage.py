@@ -90,9 +90,7 @@ class UsageMeter:
                     stmt = insert(UsageRecord).values(**values)
                     stmt = stmt.on_conflict_do_update(
                         index_elements=["project_id", "key_id", "model", "version", "hour"],
-                        set_={
-                            c: getattr(UsageRecord, c) + getattr(stmt.excluded, c) for c in COUNTERS
-                        },
+                        set_={c: getattr(UsageRecord, c) + stmt.excluded[c] for c in COUNTERS},
                     )
                     s.execute(stmt)
         except Exception:
