@@ -17,13 +17,31 @@ def providers() -> list[str]:
     return [*chosen, "CPUExecutionProvider"]
 
 
+SMALL_MODEL_BYTES = 4 * 1024 * 1024
+
+
+def session_options(path: Path, threads: int = 0) -> Any:
+    """Threads: small models run on one thread (more only adds hand-offs); bigger ones use
+    the cores. Spinning is off: idle worker threads would otherwise burn a core between
+    requests and starve the event loop."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads <= 0:
+        cores = os.cpu_count() or 1
+        threads = 1 if path.stat().st_size < SMALL_MODEL_BYTES else cores
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 class OnnxModel:
     def __init__(self, path: Path, signature: dict[str, Any], threads: int = 0) -> None:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
+        opts = session_options(path, threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=providers())

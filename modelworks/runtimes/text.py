@@ -8,7 +8,6 @@ normalisation) and `text-classification` (softmax over the config's labels).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +96,9 @@ class TextModel:
         if onnx_path is not None:
             import onnxruntime as ort
 
-            from modelworks.runtimes.onnx import providers
+            from modelworks.runtimes.onnx import providers, session_options
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-            opts.inter_op_num_threads = 1
+            opts = session_options(onnx_path, threads)
             opts.log_severity_level = 3
             self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
             self.input_names = [i.name for i in self.session.get_inputs()]

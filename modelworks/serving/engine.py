@@ -104,6 +104,9 @@ class Engine:
                 "retry in a few seconds",
                 details={"retry_after": 5},
             )
+        loaded = self.pool.loaded(target)
+        if loaded is not None:  # the common case: no thread hop
+            return loaded
         return await to_thread.run_sync(self.pool.get, target)
 
     async def predict(

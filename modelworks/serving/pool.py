@@ -123,11 +123,28 @@ class ModelPool:
         self._enforce_budget(keep=target.digest)
         return loaded
 
+    def loaded(self, target: Target) -> LoadedModel | None:
+        """The runtime if it is loaded already (cheap: no lock, no I/O)."""
+        entry = self._entries.get(target.digest)
+        if entry is None or entry.model is None:
+            return None
+        entry.last_used = time.monotonic()
+        return entry.model
+
     def batcher(self, target: Target, model: LoadedModel) -> Batcher:
-        """The batcher of a loaded runtime (created on first use, on the event loop)."""
+        """The batcher of a loaded runtime (created on first use, on the event loop); a
+        change of the model's serving options applies to its next batch."""
         entry = self._entry(target)
+        opts = target.batching
+        if entry.batcher is not None and entry.batcher.model is model:
+            settings = entry.batcher.settings
+            if (settings.max_batch_size, settings.max_delay_ms) != (
+                int(opts["max_batch_size"]),
+                float(opts["max_delay_ms"]),
+            ):
+                settings.max_batch_size = int(opts["max_batch_size"])
+                settings.max_delay_ms = float(opts["max_delay_ms"])
         if entry.batcher is None or entry.batcher.model is not model:
-            opts = target.batching
             entry.batcher = Batcher(
                 model,
                 BatchSettings(

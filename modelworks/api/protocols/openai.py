@@ -15,10 +15,11 @@ import numpy as np
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.protocols.v2 import read_body
+from modelworks.api.responses import FastJSON
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
@@ -139,18 +140,16 @@ async def embeddings(request: Request, p: Principal = Depends(require("infer")))
     emb = pred.outputs["embedding"]
     if dims is not None and dims < full:
         emb = await to_thread.run_sync(truncate, emb, dims)
-    emb = emb.astype("<f4", copy=False)
+    emb = np.ascontiguousarray(emb, dtype="<f4")
     data = [
         {
             "object": "embedding",
             "index": i,
-            "embedding": base64.b64encode(row.tobytes()).decode()
-            if fmt == "base64"
-            else row.tolist(),
+            "embedding": base64.b64encode(row.tobytes()).decode() if fmt == "base64" else row,
         }
         for i, row in enumerate(emb)
     ]
-    return JSONResponse(
+    return FastJSON(
         {
             "object": "list",
             "data": data,

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from modelworks import __version__
 from modelworks.api.auth import require
 from modelworks.api.health import database_ok
+from modelworks.api.responses import FastJSON, dumps, json_data
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, InvalidInput, ModelworksError, PayloadTooLarge
@@ -29,7 +30,6 @@ from modelworks.tensors import (
     from_binary,
     from_json,
     to_binary,
-    to_json,
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -149,26 +149,17 @@ async def infer(
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = to_json(arr)
+            out["data"] = json_data(arr)
         outputs.append(out)
     head["outputs"] = outputs
     if not blobs:
-        return ProtocolJSON(head)
-    header = json.dumps(head, separators=(",", ":")).encode()
+        return FastJSON(head)
+    header = dumps(head)
     return Response(
         header + b"".join(blobs),
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-class ProtocolJSON(JSONResponse):
-    """JSON that may carry NaN/Infinity tokens (as TF-Serving does): a model's output can
-    overflow, and a lossy or failed answer would be worse. Python's json and tritonclient's
-    rapidjson both read them."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
 
 
 def decode_request(
