@@ -23,6 +23,29 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def audit_action(
+    request: Request,
+    p: Principal,
+    action: str,
+    target: str,
+    *,
+    outcome: str = "ok",
+    project_id: int | None = None,
+    **details: object,
+) -> None:
+    """Record a management action by `p` (in its project unless `project_id` says else)."""
+    services(request).audit.record(
+        action=action,
+        outcome=outcome,
+        actor=p.prefix,
+        target=target,
+        project_id=p.project_id if project_id is None else project_id,
+        client=client_address(request),
+        request_id=getattr(request.state, "request_id", ""),
+        details=dict(details),
+    )
+
+
 async def authenticate(request: Request) -> Principal:
     svc = services(request)
     if not svc.settings.auth:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from starlette.requests import Request
 
-from modelworks.api.auth import client_address, require, scope_to
+from modelworks.api.auth import audit_action, require, scope_to
 from modelworks.api.schemas import KeyCreate, KeyCreated, KeyOut
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
@@ -24,21 +24,6 @@ router = APIRouter(prefix="/api/v1", tags=["keys"])
 def _project_names(request: Request) -> dict[int, str]:
     with services(request).sessions() as s:
         return {pid: name for pid, name in s.execute(select(Project.id, Project.name))}
-
-
-def _audit(
-    request: Request, p: Principal, action: str, target: str, project_id: int, **details: object
-) -> None:
-    services(request).audit.record(
-        action=action,
-        outcome="ok",
-        actor=p.prefix,
-        target=target,
-        project_id=project_id,
-        client=client_address(request),
-        request_id=getattr(request.state, "request_id", ""),
-        details=dict(details),
-    )
 
 
 @router.post("/keys", status_code=201, response_model=KeyCreated)
@@ -64,8 +49,14 @@ async def create_key(
             burst=body.burst,
             quota=body.quota.as_dict() if body.quota else None,
         )
-        _audit(
-            request, p, "key.create", key.prefix, key.project_id, role=key.role, models=key.models
+        audit_action(
+            request,
+            p,
+            "key.create",
+            key.prefix,
+            project_id=key.project_id,
+            role=key.role,
+            models=key.models,
         )
         out = KeyOut.of(key, _project_names(request).get(key.project_id, ""))
         return KeyCreated(**out.model_dump(), key=secret)
@@ -85,5 +76,5 @@ def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list
 def revoke_key(key_id: int, request: Request, p: Principal = Depends(require("keys"))) -> KeyOut:
     svc = services(request)
     key = svc.keys.revoke(key_id, None if p.role == "admin" else p.project_id)
-    _audit(request, p, "key.revoke", key.prefix, key.project_id)
+    audit_action(request, p, "key.revoke", key.prefix, project_id=key.project_id)
     return KeyOut.of(key, _project_names(request).get(key.project_id, ""))

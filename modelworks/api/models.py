@@ -6,7 +6,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from modelworks.api.auth import client_address, require
+from modelworks.api.auth import audit_action, require
 from modelworks.api.schemas import (
     AliasOut,
     AliasSet,
@@ -45,22 +45,6 @@ UPLOAD_BODY = {
 }
 
 
-def _audit(
-    request: Request, p: Principal, action: str, target: str, outcome: str = "ok", **details: object
-) -> None:
-    svc = services(request)
-    svc.audit.record(
-        action=action,
-        outcome=outcome,
-        actor=p.prefix,
-        target=target,
-        project_id=p.project_id,
-        client=client_address(request),
-        request_id=getattr(request.state, "request_id", ""),
-        details=dict(details),
-    )
-
-
 @router.post("/models", status_code=201, response_model=ModelOut)
 def create_model(
     body: ModelCreate, request: Request, p: Principal = Depends(require("write"))
@@ -75,7 +59,7 @@ def create_model(
         tags=body.tags,
         created_by=p.prefix,
     )
-    _audit(request, p, "model.create", m.name)
+    audit_action(request, p, "model.create", m.name)
     return ModelOut.of(m)
 
 
@@ -99,7 +83,7 @@ def update_model(
     m = services(request).registry.update_model(
         p.project_id, name, body.model_dump(exclude_none=True)
     )
-    _audit(request, p, "model.update", name)
+    audit_action(request, p, "model.update", name)
     return ModelOut.of(m)
 
 
@@ -110,7 +94,7 @@ def delete_model(name: str, request: Request, p: Principal = Depends(require("wr
     freed = svc.registry.delete_model(p.project_id, name)
     for digest in freed:
         svc.pool.drop(digest)
-    _audit(request, p, "model.delete", name)
+    audit_action(request, p, "model.delete", name)
     return Deleted(deleted=name)
 
 
@@ -135,7 +119,7 @@ async def upload_version(
         blob = await to_thread.run_sync(upload.commit)
     except ModelworksError as exc:
         upload.abort()
-        _audit(request, p, "version.upload", name, outcome="rejected", reason=exc.code)
+        audit_action(request, p, "version.upload", name, outcome="rejected", reason=exc.code)
         raise
     except BaseException:
         upload.abort()
@@ -157,7 +141,7 @@ async def upload_version(
     )
     if converting:
         svc.exporter.start(v.id, blob.digest, model.task, str(signature.get("root") or ""))
-    _audit(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
+    audit_action(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
 
 
@@ -205,7 +189,7 @@ async def set_alias(
                     f"alias {alias!r} was not moved"
                 ) from None
     await to_thread.run_sync(svc.registry.set_alias, p.project_id, name, alias, body.version)
-    _audit(request, p, "alias.set", f"{name}:{alias}", version=body.version)
+    audit_action(request, p, "alias.set", f"{name}:{alias}", version=body.version)
     return AliasOut(model=name, alias=alias, version=body.version)
 
 
@@ -215,5 +199,5 @@ def delete_alias(
 ) -> Deleted:
     p.check_model(name)
     services(request).registry.delete_alias(p.project_id, name, alias)
-    _audit(request, p, "alias.delete", f"{name}:{alias}")
+    audit_action(request, p, "alias.delete", f"{name}:{alias}")
     return Deleted(deleted=f"{name}:{alias}")

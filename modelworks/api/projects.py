@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
-from modelworks.api.auth import client_address, require
+from modelworks.api.auth import audit_action, require
 from modelworks.api.schemas import Deleted, ProjectCreate, ProjectOut, ProjectPatch
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
@@ -18,20 +18,6 @@ router = APIRouter(prefix="/api/v1", tags=["projects"])
 
 def _service(request: Request) -> ProjectService:
     return ProjectService(services(request).sessions)
-
-
-def _audit(
-    request: Request, p: Principal, action: str, target: str, project_id: int | None
-) -> None:
-    services(request).audit.record(
-        action=action,
-        outcome="ok",
-        actor=p.prefix,
-        target=target,
-        project_id=project_id,
-        client=client_address(request),
-        request_id=getattr(request.state, "request_id", ""),
-    )
 
 
 def _admin(p: Principal) -> None:
@@ -51,7 +37,7 @@ def create_project(
         burst=body.burst,
         quota=body.quota.as_dict() if body.quota else None,
     )
-    _audit(request, p, "project.create", project.name, project.id)
+    audit_action(request, p, "project.create", project.name, project_id=project.id)
     return ProjectOut.of(project)
 
 
@@ -75,7 +61,7 @@ def update_project(
         changes["quota"] = body.quota.as_dict()
     project = _service(request).update(name, changes, None if p.role == "admin" else p.project_id)
     services(request).keys.forget_cached()
-    _audit(request, p, "project.update", project.name, project.id)
+    audit_action(request, p, "project.update", project.name, project_id=project.id)
     return ProjectOut.of(project)
 
 
@@ -90,5 +76,5 @@ def delete_project(name: str, request: Request, p: Principal = Depends(require("
             svc.pool.drop(digest)
     projects.finish_delete(project_id)
     svc.keys.forget_cached()
-    _audit(request, p, "project.delete", name, project_id)
+    audit_action(request, p, "project.delete", name, project_id=project_id)
     return Deleted(deleted=name)
