@@ -29,3 +29,16 @@ def test_downgrade_and_upgrade_again(settings: Settings, database_url: str) -> N
     assert current_revision(url) == "0001"
     upgrade(url)
     assert current_revision(url) == head
+
+
+def test_migrations_keep_the_data(services, client, tmp_path, database_url) -> None:  # type: ignore[no-untyped-def]
+    from tests.models import linear_onnx
+
+    client.create_model("kept")
+    client.push("kept", linear_onnx(tmp_path / "m.onnx"))
+    key = client.create_key(role="invoker")
+    url = services.settings.resolved_database_url
+    downgrade(url, "0003")
+    upgrade(url)
+    assert client.get_model("kept")["latest_version"] == 1
+    assert key["id"] in [k["id"] for k in client.list_keys()]

@@ -24,6 +24,7 @@ from modelworks.api.middleware import RequestContext
 from modelworks.api.protocols import hf, openai, tfserving, v2
 from modelworks.api.services import Services
 from modelworks.auth.keys import Principal
+from modelworks.errors import Forbidden
 from modelworks.settings import Settings
 
 USAGE_FLUSH_S = 2.0
@@ -65,8 +66,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.metrics = metrics
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def prometheus(_p: Principal = Depends(require("read"))) -> PlainTextResponse:
-        """Prometheus metrics (scrape with a viewer key as bearer token)."""
+    def prometheus(p: Principal = Depends(require("read"))) -> PlainTextResponse:
+        """Prometheus metrics of the whole server (scrape with an admin key as bearer token:
+        they name the models of every project)."""
+        if p.role != "admin":
+            raise Forbidden("metrics cover every project; scrape them with an admin key")
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def account(_protocol: str, facts: dict[str, Any], status: int) -> None:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from modelworks.api.metrics import note
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
-from modelworks.errors import NotFound, TooManyRequests, Unauthorized
+from modelworks.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 
 ANONYMOUS_ROLE = "admin"  # auth off (loopback only): every caller may do everything
 
@@ -67,6 +67,14 @@ async def authenticate(request: Request) -> Principal:
             raise Unauthorized("malformed Authorization header: use 'Authorization: Bearer mw_…'")
         secret = token.strip()
         found = svc.keys.cached(secret)
+        # another replica may have revoked a cached key: a shared backend knows at once
+        if (
+            found is not None
+            and svc.limiter.backend.shared
+            and await svc.limiter.backend.is_revoked(found.prefix)
+        ):
+            svc.keys.forget_cached()
+            found = None
         if found is None:
             found = await to_thread.run_sync(svc.keys.authenticate, secret)
     except Unauthorized as exc:
@@ -120,8 +128,22 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
             None, max_length=64, description="Act in this project (admin keys: any project)."
         ),
     ) -> Principal:
-        p.require(permission)
         svc = services(request)
+        try:
+            p.require(permission)
+        except Forbidden as exc:
+            await to_thread.run_sync(
+                partial(
+                    audit_action,
+                    request,
+                    p,
+                    "auth.forbidden",
+                    request.url.path[:256],
+                    outcome="denied",
+                    reason=exc.message,
+                )
+            )
+            raise
         if project is not None:
             p = await to_thread.run_sync(scope_to, svc, p, project)
             note(project_id=p.project_id)

@@ -33,6 +33,16 @@ async def create_key(
     svc = services(request)
     if body.role == "admin" and p.role != "admin":
         raise Forbidden("only an admin key can create admin keys")
+    models = body.models
+    if p.models is not None:
+        # a key never mints a wider key than itself
+        if models is None:
+            models = sorted(p.models)
+        elif not set(models) <= p.models:
+            raise Forbidden("a key limited to some models can only create keys within them")
+    expires_at = body.expires_at
+    if p.expires_at is not None and (expires_at is None or expires_at > p.expires_at):
+        expires_at = p.expires_at  # nor one that outlives it
     target = p
     if body.project is not None:
         target = await to_thread.run_sync(scope_to, svc, p, body.project)
@@ -43,8 +53,8 @@ async def create_key(
             role=body.role,
             name=body.name,
             created_by=p.prefix,
-            expires_at=body.expires_at,
-            models=body.models,
+            expires_at=expires_at,
+            models=models,
             rate_limit=body.rate_limit,
             burst=body.burst,
             quota=body.quota.as_dict() if body.quota else None,
@@ -73,8 +83,17 @@ def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
-def revoke_key(key_id: int, request: Request, p: Principal = Depends(require("keys"))) -> KeyOut:
+async def revoke_key(
+    key_id: int, request: Request, p: Principal = Depends(require("keys"))
+) -> KeyOut:
     svc = services(request)
-    key = svc.keys.revoke(key_id, None if p.role == "admin" else p.project_id)
-    audit_action(request, p, "key.revoke", key.prefix, project_id=key.project_id)
-    return KeyOut.of(key, _project_names(request).get(key.project_id, ""))
+    key = await to_thread.run_sync(
+        svc.keys.revoke, key_id, None if p.role == "admin" else p.project_id
+    )
+    await svc.limiter.backend.revoke(key.prefix)  # replicas sharing Redis drop it at once
+
+    def finish() -> KeyOut:
+        audit_action(request, p, "key.revoke", key.prefix, project_id=key.project_id)
+        return KeyOut.of(key, _project_names(request).get(key.project_id, ""))
+
+    return await to_thread.run_sync(finish)

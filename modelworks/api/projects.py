@@ -3,6 +3,7 @@ owner reads and tunes its own (default rate limit and quotas of its keys)."""
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 
@@ -66,15 +67,23 @@ def update_project(
 
 
 @router.delete("/projects/{name}", response_model=Deleted)
-def delete_project(name: str, request: Request, p: Principal = Depends(require("keys"))) -> Deleted:
+async def delete_project(
+    name: str, request: Request, p: Principal = Depends(require("keys"))
+) -> Deleted:
     _admin(p)
     svc = services(request)
     projects = _service(request)
-    project_id, model_names = projects.delete(name)
-    for model in model_names:
-        for digest in svc.registry.delete_model(project_id, model):
-            svc.pool.drop(digest)
-    projects.finish_delete(project_id)
+
+    def delete() -> tuple[int, list[str]]:
+        project_id, model_names = projects.delete(name)
+        for model in model_names:
+            for digest in svc.registry.delete_model(project_id, model):
+                svc.pool.drop(digest)
+        return project_id, projects.finish_delete(project_id)
+
+    project_id, prefixes = await to_thread.run_sync(delete)
+    for prefix in prefixes:
+        await svc.limiter.backend.revoke(prefix)
     svc.keys.forget_cached()
     audit_action(request, p, "project.delete", name, project_id=project_id)
     return Deleted(deleted=name)

@@ -37,9 +37,17 @@ async def usage(
     if unknown or not groups:
         raise ValidationFailed(f"group_by takes {', '.join(GROUPS)}; got {group_by!r}")
     svc = services(request)
+    if model is not None:
+        p.check_model(model)
     await to_thread.run_sync(svc.usage.flush)  # include what was just served
     return await to_thread.run_sync(
         lambda: svc.usage.query(
-            project_id=p.project_id, key_id=key, model=model, start=start, end=end, group_by=groups
+            project_id=p.project_id,
+            models=p.models,
+            key_id=key,
+            model=model,
+            start=start,
+            end=end,
+            group_by=groups,
         )
     )

@@ -46,6 +46,7 @@ class Principal:
     role: str
     models: frozenset[str] | None = None
     limits: Limits = field(default_factory=Limits)
+    expires_at: datetime | None = None
 
     def allows_model(self, name: str) -> bool:
         return self.models is None or name in self.models
@@ -198,6 +199,7 @@ class KeyService:
             role=key.role,
             models=frozenset(key.models) if key.models is not None else None,
             limits=limits_from(key.rate_limit, key.burst, key.quota, project),
+            expires_at=_aware(key.expires_at) if key.expires_at is not None else None,
         )
         if len(self._cache) > 10_000:
             self._cache.clear()

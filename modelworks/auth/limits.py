@@ -42,6 +42,8 @@ def seconds_to_midnight() -> int:
 
 
 class Backend(Protocol):
+    shared: bool
+
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one token; 0 when allowed, else seconds until a token is there."""
 
@@ -51,8 +53,15 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    async def revoke(self, prefix: str) -> None:
+        """Tell every replica sharing this backend that a key is revoked."""
+
+    async def is_revoked(self, prefix: str) -> bool: ...
+
 
 class MemoryBackend:
+    shared = False  # one process: its own key cache is dropped on revocation already
+
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}  # tokens, last refill (monotonic)
         self._counters: dict[str, dict[str, int]] = {}
@@ -82,6 +91,12 @@ class MemoryBackend:
     async def close(self) -> None:
         return None
 
+    async def revoke(self, prefix: str) -> None:
+        return None
+
+    async def is_revoked(self, prefix: str) -> bool:
+        return False
+
 
 # Atomic token bucket in Redis: the server's clock, one round trip, state expires when idle.
 _TAKE = """
@@ -106,6 +121,9 @@ return tostring(wait)
 
 
 class RedisBackend:
+    shared = True
+    REVOKED_TTL_S = 7 * 86400  # far longer than any replica caches a key
+
     def __init__(self, url: str, prefix: str = "modelworks:") -> None:
         import redis.asyncio as redis
 
@@ -131,6 +149,12 @@ class RedisBackend:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+    async def revoke(self, prefix: str) -> None:
+        await self.client.set(f"{self.prefix}revoked:{prefix}", "1", ex=self.REVOKED_TTL_S)
+
+    async def is_revoked(self, prefix: str) -> bool:
+        return bool(await self.client.exists(f"{self.prefix}revoked:{prefix}"))
 
 
 def make_backend(url: str) -> Backend:

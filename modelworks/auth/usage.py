@@ -108,6 +108,7 @@ class UsageMeter:
         *,
         project_id: int | None,
         key_id: int | None = None,
+        models: frozenset[str] | None = None,
         model: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
@@ -121,6 +122,8 @@ class UsageMeter:
             q = q.where(UsageRecord.key_id == key_id)
         if model is not None:
             q = q.where(UsageRecord.model == model)
+        if models is not None:  # a key limited to some models sees only their usage
+            q = q.where(UsageRecord.model.in_(sorted(models)))
         if start is not None:
             q = q.where(UsageRecord.hour >= start)
         if end is not None:

@@ -66,11 +66,20 @@ def _migrate(url: str, direction: str, revision: str) -> None:
     from alembic import command
 
     engine = make_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as conn:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            getattr(command, direction)(cfg, revision)
+        with engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            if sqlite:
+                # a table rebuild drops the old table: with foreign keys on, that would cascade
+                # into every row that points at it. The pragma only works outside a transaction.
+                raw.execute("PRAGMA foreign_keys=OFF")
+            with conn.begin():
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = conn
+                getattr(command, direction)(cfg, revision)
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
     finally:
         engine.dispose()
 

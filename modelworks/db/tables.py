@@ -38,6 +38,8 @@ class Base(DeclarativeBase):
 
 class Project(Base):
     __tablename__ = "projects"
+    # ids are never reused: usage rows and audit events outlive a deleted project
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -133,6 +135,8 @@ class ApiKey(Base):
     """An API key: only a prefix (to tell keys apart) and a hash of the secret are stored."""
 
     __tablename__ = "api_keys"
+    # a new key never inherits an old one's usage or limiter state
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project_id: Mapped[int] = mapped_column(

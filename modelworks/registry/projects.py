@@ -87,10 +87,14 @@ class ProjectService:
             models = list(s.scalars(select(Model.name).where(Model.project_id == p.id)))
         return p.id, models
 
-    def finish_delete(self, project_id: int) -> None:
+    def finish_delete(self, project_id: int) -> builtins.list[str]:
+        """Delete the project and its keys; returns the deleted keys' prefixes."""
+        prefixes = []
         with self.sessions.begin() as s:
             for key in s.scalars(select(ApiKey).where(ApiKey.project_id == project_id)):
+                prefixes.append(key.prefix)
                 s.delete(key)
             p = s.get(Project, project_id)
             if p is not None:
                 s.delete(p)
+        return prefixes
