@@ -53,7 +53,10 @@ def confined(root: Path, relative: str) -> Path:
     """Resolve `relative` under `root`; refuse anything that leaves it or passes a symlink."""
     root = root.resolve()
     candidate = root / relative
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (ValueError, UnicodeError, OSError):  # NUL bytes, lone surrogates, loops
+        raise ValidationFailed("invalid path") from None
     if resolved != root and root not in resolved.parents:
         raise ValidationFailed("path leaves the artifact store")
     probe = root

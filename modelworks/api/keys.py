@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends
+from fastapi import Path as FastPath
 from sqlalchemy import select
 from starlette.requests import Request
 
@@ -84,7 +85,9 @@ def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)
 async def revoke_key(
-    key_id: int, request: Request, p: Principal = Depends(require("keys"))
+    request: Request,
+    key_id: int = FastPath(ge=1, le=2**63 - 1),
+    p: Principal = Depends(require("keys")),
 ) -> KeyOut:
     svc = services(request)
     key = await to_thread.run_sync(

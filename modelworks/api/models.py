@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends
+from fastapi import Path as FastPath
 from starlette.requests import Request
 
 from modelworks.api.auth import audit_action, require
@@ -155,7 +156,10 @@ def list_versions(
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionOut)
 def get_version(
-    name: str, version: int, request: Request, p: Principal = Depends(require("read"))
+    name: str,
+    request: Request,
+    version: int = FastPath(ge=1, le=2**31 - 1),
+    p: Principal = Depends(require("read")),
 ) -> VersionOut:
     svc = services(request)
     p.check_model(name)

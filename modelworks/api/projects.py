@@ -58,6 +58,8 @@ def update_project(
     name: str, body: ProjectPatch, request: Request, p: Principal = Depends(require("keys"))
 ) -> ProjectOut:
     changes = body.model_dump(exclude_unset=True)
+    if changes.get("description", "") is None:
+        del changes["description"]  # null keeps it; null on a limit clears that limit
     if body.quota is not None:
         changes["quota"] = body.quota.as_dict()
     project = _service(request).update(name, changes, None if p.role == "admin" else p.project_id)

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1", tags=["usage"])
 async def usage(
     request: Request,
     p: Principal = Depends(require("read")),
-    key: int | None = Query(None, description="Only this key id."),
+    key: int | None = Query(None, ge=0, le=2**63 - 1, description="Only this key id."),
     model: str | None = Query(None, max_length=64, description="Only this model."),
     start: datetime | None = Query(None, alias="from", description="From this hour (ISO 8601)."),
     end: datetime | None = Query(None, alias="to", description="Up to this hour, exclusive."),

@@ -35,6 +35,11 @@ async def task_call(
     raw = req.get("parameters")
     params: dict[str, Any] = raw if isinstance(raw, dict) else {}
     t = await svc.serving.resolve_async(p, model)
+    if t.task not in ("embeddings", "text-classification"):
+        raise InvalidInput(
+            f"model {t.model!r} has task {t.task!r}; Hugging Face task calls serve 'embeddings' "
+            "(feature extraction) and 'text-classification' models — use /v2 for tensors"
+        )
     pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
     if t.task == "embeddings":
         emb = pred.outputs["embedding"]
@@ -60,7 +65,4 @@ async def task_call(
             order = np.argsort(-row)[:k]
             result.append([{"label": labels[i], "score": float(row[i])} for i in order])
         return JSONResponse(result)
-    raise InvalidInput(
-        f"model {t.model!r} has task {t.task!r}; Hugging Face task calls serve 'embeddings' "
-        "(feature extraction) and 'text-classification' models — use /v2 for tensors"
-    )
+    raise InvalidInput(f"model {t.model!r} has task {t.task!r}")

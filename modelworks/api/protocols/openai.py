@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
+from modelworks.api.limits import check_depth
 from modelworks.api.protocols.v2 import read_body
 from modelworks.api.responses import FastJSON
 from modelworks.api.services import services
@@ -100,6 +101,7 @@ def parse_texts(value: Any, field: str = "input") -> list[str]:
 
 def load_json(body: bytes) -> dict[str, Any]:
     try:
+        check_depth(body)
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None

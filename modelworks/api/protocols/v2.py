@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from modelworks import __version__
 from modelworks.api.auth import require
 from modelworks.api.health import database_ok
+from modelworks.api.limits import check_depth
 from modelworks.api.responses import FastJSON, dumps, json_data
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -184,6 +185,7 @@ def decode_request(
     else:
         head, tail = body, memoryview(b"")
     try:
+        check_depth(head)
         req = json.loads(head, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
