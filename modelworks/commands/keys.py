@@ -1,0 +1,140 @@
+"""`modelworks keys …`: create (with allowlist, limits, quotas), list, revoke, bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from modelworks.commands.common import (
+    Burst,
+    JsonOpt,
+    KeyOpt,
+    QuotaItems,
+    QuotaRequests,
+    QuotaTokens,
+    RateLimit,
+    UrlOpt,
+    client,
+    emit_json,
+    err,
+    handled,
+    out,
+    quota_of,
+)
+from modelworks.commands.settings import settings_from
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        str, typer.Option(help="admin, owner, developer, viewer or invoker.")
+    ] = "developer",
+    name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "",
+    project: Annotated[str | None, typer.Option(help="Project of the key (admin keys).")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models the key may read and call (default: all)."),
+    ] = None,
+    rate_limit: RateLimit = None,
+    burst: Burst = None,
+    quota_requests: QuotaRequests = None,
+    quota_items: QuotaItems = None,
+    quota_tokens: QuotaTokens = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601 time when the key stops working.")
+    ] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key; the secret is printed once."""
+    allow = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    with handled():
+        k = client(url, api_key).create_key(
+            role=role,
+            name=name,
+            expires_at=expires_at,
+            project=project,
+            models=allow,
+            rate_limit=rate_limit,
+            burst=burst,
+            quota=quota_of(quota_requests, quota_items, quota_tokens),
+        )
+        if as_json:
+            emit_json(k)
+        else:
+            scope = f", models {', '.join(k['models'])}" if k.get("models") else ""
+            err.print(
+                f"created {k['role']} key {k['id']} ({k['prefix']}…) in project {k['project']}"
+                f"{scope}; the secret, shown once:"
+            )
+            print(k["key"])
+
+
+@keys_app.command("bootstrap")
+def keys_bootstrap(
+    home: Annotated[Path | None, typer.Option(help="Data home [default: ~/.modelworks].")] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL (overrides the setting).")
+    ] = None,
+) -> None:
+    """Mint an admin key straight in the database (for a lost key; needs access to the home)."""
+    with handled():
+        from modelworks.auth.keys import KeyService
+        from modelworks.db import make_engine, make_sessionmaker, upgrade
+        from modelworks.registry.projects import DEFAULT_PROJECT, ProjectService
+
+        settings = settings_from(home=home, database_url=database_url)
+        upgrade(settings.resolved_database_url)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            sessions = make_sessionmaker(engine)
+            project = ProjectService(sessions).get(DEFAULT_PROJECT).id
+            key, secret = KeyService(sessions).create(
+                project_id=project,
+                role="admin",
+                name="bootstrap (cli)",
+                created_by="keys bootstrap",
+            )
+        finally:
+            engine.dispose()
+        err.print(f"created admin key {key.id} ({key.prefix}…); the secret, shown once:")
+        print(secret)
+
+
+@keys_app.command("list")
+def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+    """List API keys (prefixes only; secrets are never shown again)."""
+    with handled():
+        rows = client(url, api_key).list_keys()
+        if as_json:
+            emit_json(rows)
+            return
+        t = Table("id", "prefix", "name", "role", "project", "created", "expires", "revoked")
+        for k in rows:
+            t.add_row(
+                str(k["id"]),
+                k["prefix"] + "…",
+                k["name"],
+                k["role"],
+                k["project"],
+                str(k["created_at"])[:19],
+                str(k["expires_at"] or "")[:19],
+                str(k["revoked_at"] or "")[:19],
+            )
+        out.print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Revoke a key by id; it stops working at once."""
+    with handled():
+        k = client(url, api_key).revoke_key(key_id)
+        emit_json(k) if as_json else out.print(f"revoked key {k['id']} ({k['prefix']}…)")
