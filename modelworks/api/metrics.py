@@ -6,7 +6,6 @@ model through a context variable, so no protocol adapter has to remember to coun
 
 from __future__ import annotations
 
-import contextvars
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -16,20 +15,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelworks.context import CURRENT, note
 from modelworks.serving.pool import ModelPool
+
+__all__ = ["CURRENT", "Metrics", "MetricsMiddleware", "note"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-CURRENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "modelworks_request", default=None
-)
-
-
-def note(**fields: Any) -> None:
-    """Attach facts (model, error code, items, tokens) to the request being served."""
-    current = CURRENT.get()
-    if current is not None:
-        current.update(fields)
 
 
 def protocol_of(path: str) -> str | None:

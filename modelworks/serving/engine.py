@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 
-from modelworks.api.metrics import note
 from modelworks.auth.keys import Principal
+from modelworks.context import note
 from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
 from modelworks.registry import Registry, parse_model_ref
 from modelworks.serving.pool import ModelPool
