@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from modelworks import __version__
 from modelworks.api import audit, errors, health, keys, models, projects, usage
 from modelworks.api.auth import require
+from modelworks.api.fastpath import InferFastPath
 from modelworks.api.limits import BodyLimit
 from modelworks.api.metrics import Metrics, MetricsMiddleware
 from modelworks.api.middleware import RequestContext
@@ -98,6 +99,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                     facts["key_id"], limits, {"requests": 1, "items": items, "tokens": tokens}
                 )
 
+    app.add_middleware(InferFastPath)  # innermost: metrics, limits and hosts still apply
     app.add_middleware(MetricsMiddleware, metrics=metrics, on_done=account)
     app.add_middleware(BodyLimit, settings=settings)
     if settings.origins:

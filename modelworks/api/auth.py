@@ -117,9 +117,38 @@ def scope_to(svc: Services, p: Principal, project: str) -> Principal:
     return dataclasses.replace(p, project_id=project_id)
 
 
+async def authorize(
+    request: Request, p: Principal, permission: str, project: str | None = None
+) -> Principal:
+    """Check the role allows `permission`, apply the `?project=` scope, and for inference
+    check the key's daily quotas. Refusals are audited."""
+    svc = services(request)
+    try:
+        p.require(permission)
+    except Forbidden as exc:
+        await to_thread.run_sync(
+            partial(
+                audit_action,
+                request,
+                p,
+                "auth.forbidden",
+                request.url.path[:256],
+                outcome="denied",
+                reason=exc.message,
+            )
+        )
+        raise
+    if project is not None:
+        p = await to_thread.run_sync(scope_to, svc, p, project)
+        note(project_id=p.project_id)
+        request.state.principal = p
+    if permission == "infer" and p.key_id is not None and p.limits.quota:
+        await svc.limiter.check_quota(p.key_id, p.limits)
+    return p
+
+
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that authenticates, checks the role allows `permission`, applies the
-    `?project=` scope, and for inference checks the key's daily quotas."""
+    """A dependency: authenticate, then `authorize` for `permission`."""
 
     async def dependency(
         request: Request,
@@ -128,28 +157,6 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
             None, max_length=64, description="Act in this project (admin keys: any project)."
         ),
     ) -> Principal:
-        svc = services(request)
-        try:
-            p.require(permission)
-        except Forbidden as exc:
-            await to_thread.run_sync(
-                partial(
-                    audit_action,
-                    request,
-                    p,
-                    "auth.forbidden",
-                    request.url.path[:256],
-                    outcome="denied",
-                    reason=exc.message,
-                )
-            )
-            raise
-        if project is not None:
-            p = await to_thread.run_sync(scope_to, svc, p, project)
-            note(project_id=p.project_id)
-            request.state.principal = p
-        if permission == "infer" and p.key_id is not None and p.limits.quota:
-            await svc.limiter.check_quota(p.key_id, p.limits)
-        return p
+        return await authorize(request, p, permission, project)
 
     return dependency
