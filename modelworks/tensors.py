@@ -122,17 +122,6 @@ def _flatten(data: Any) -> list[Any]:
     return out
 
 
-def to_json(arr: np.ndarray) -> list[Any]:
-    """Flat row-major JSON data for one output tensor."""
-    if arr.dtype.kind in ("O", "S"):
-        return [
-            x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)
-        ]
-    if arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
-    return list(arr.reshape(-1).tolist())
-
-
 def check_against_signature(signature: dict[str, Any], feeds: dict[str, np.ndarray]) -> None:
     """Names, datatypes and shapes must match the model's inputs; the error names the fix."""
     expected = {i["name"]: i for i in signature.get("inputs", [])}

@@ -62,9 +62,7 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
         if allow_nan:
             return json.loads(body)
         return json.loads(body, parse_constant=reject)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        if isinstance(exc, BadRequest):
-            raise
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BadRequest("the request body is not valid JSON") from None
 
 

@@ -8,7 +8,6 @@ is shared with TF-Serving's status route, so its body carries both key sets.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
-from modelworks.api.limits import check_depth
+from modelworks.api.limits import loads
 from modelworks.api.protocols.v2 import read_body
 from modelworks.api.responses import FastJSON
 from modelworks.api.services import services
@@ -100,11 +99,7 @@ def parse_texts(value: Any, field: str = "input") -> list[str]:
 
 
 def load_json(body: bytes) -> dict[str, Any]:
-    try:
-        check_depth(body)
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest("the request body is not valid JSON") from None
+    data = loads(body)
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data

@@ -50,7 +50,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
-from modelworks.api.limits import check_depth
+from modelworks.api.limits import loads
 from modelworks.api.protocols.v2 import read_body
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -336,11 +336,7 @@ def _method(verb: str) -> str:
 def _load(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise BadRequest("JSON Parse error: The document is empty")
-    try:
-        check_depth(body)
-        req = json.loads(body)  # NaN/Infinity tokens parse (as in TF-Serving); inputs reject them
-    except (ValueError, RecursionError):
-        raise BadRequest("JSON Parse error: the request body is not valid JSON") from None
+    req = loads(body, allow_nan=True)  # NaN/Infinity parse (as in TF-Serving); inputs refuse them
     if not isinstance(req, dict):
         raise BadRequest("the request body must be a JSON object")
     return req

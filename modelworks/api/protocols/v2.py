@@ -8,7 +8,6 @@ A model name may carry a selector: `name` (alias `production`, else the latest v
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from modelworks import __version__
 from modelworks.api.auth import require
 from modelworks.api.health import database_ok
-from modelworks.api.limits import check_depth
+from modelworks.api.limits import loads
 from modelworks.api.responses import FastJSON, dumps, json_data
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -35,10 +34,6 @@ from modelworks.tensors import (
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 EXTENSIONS: list[str] = ["binary_tensor_data"]
-
-
-def _reject_constant(token: str) -> Any:
-    raise InvalidInput(f"{token} is not a valid JSON number; send finite numbers only")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -184,11 +179,7 @@ def decode_request(
         head, tail = body[:n], memoryview(body)[n:]
     else:
         head, tail = body, memoryview(b"")
-    try:
-        check_depth(head)
-        req = json.loads(head, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise BadRequest("the request body is not valid JSON") from None
+    req = loads(head)
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise BadRequest("the request needs a non-empty 'inputs' list")
     feeds: dict[str, np.ndarray] = {}
