@@ -68,6 +68,8 @@ def _path_problem(value: object) -> str | None:
         return "it is an absolute path"
     if _DRIVE.match(value):
         return "it starts with a drive letter"
+    if ":" in value:  # drive-relative names and NTFS streams; model folders never need it
+        return "it contains ':'"
     if len(value.encode()) > MAX_PATH_BYTES:
         return f"it is longer than {MAX_PATH_BYTES} bytes"
     for part in value.split("/"):
