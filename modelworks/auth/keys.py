@@ -83,6 +83,7 @@ def looks_like_key(secret: str) -> bool:
 
 
 CACHE_TTL_S = 5.0  # another replica's revocation reaches this one within this time
+REFRESH_S = 1.0  # how long others keep an expired entry while one caller re-checks it
 
 
 class KeyService:
@@ -97,11 +98,20 @@ class KeyService:
         self._cache.clear()
 
     def cached(self, secret: str) -> Principal | None:
-        """The principal for `secret` if it was verified moments ago and is still valid."""
-        hit = self._cache.get(hash_secret(secret))
-        if hit is None or hit[0] < time.monotonic():
+        """The principal for `secret` if it was verified moments ago and is still valid.
+
+        When an entry runs out, the first caller gets None and checks the database again;
+        callers in the next `REFRESH_S` keep the entry meanwhile, so a busy key costs one
+        lookup per `CACHE_TTL_S`, not one per request in flight at that moment."""
+        digest = hash_secret(secret)
+        hit = self._cache.get(digest)
+        if hit is None:
             return None
         if hit[2] is not None and hit[2] <= datetime.now(UTC):
+            return None
+        now = time.monotonic()
+        if hit[0] < now:
+            self._cache[digest] = (now + REFRESH_S, hit[1], hit[2])
             return None
         return hit[1]
 
@@ -175,6 +185,15 @@ class KeyService:
             return key
 
     def authenticate(self, secret: str) -> Principal:
+        """Check `secret` against the database and cache the answer; a key that no longer
+        passes (revoked, expired) leaves the cache at once."""
+        try:
+            return self._authenticate(secret)
+        except Unauthorized:
+            self._cache.pop(hash_secret(secret), None)
+            raise
+
+    def _authenticate(self, secret: str) -> Principal:
         if not looks_like_key(secret):
             raise Unauthorized(
                 "malformed API key; keys look like 'mw_…' "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from modelworks.serving.pool import ModelPool
 from modelworks.serving.target import Target
 
 RESOLVE_TTL_S = 2.0
+REFRESH_S = 1.0  # how long others keep an expired entry while one caller refreshes it
 
 
 @dataclass
@@ -46,7 +48,9 @@ class Engine:
             for key in [k for k in self._cache if k[0] == project_id and k[1] == name]:
                 del self._cache[key]
 
-    def resolve(self, principal: Principal, ref: str, version: str | None = None) -> Target:
+    def resolve(
+        self, principal: Principal, ref: str, version: str | None = None, *, refresh: bool = False
+    ) -> Target:
         """`name`, `name:3`, `name:alias`, or a name plus a separate version/alias, as the key
         sees it: a model outside its allowlist is as missing as one that does not exist."""
         project_id = principal.project_id
@@ -60,11 +64,18 @@ class Engine:
             selector = version
         key = (project_id, str(name), selector)
         now = time.monotonic()
-        hit = self._cache.get(key)
+        hit = None if refresh else self._cache.get(key)
         if hit is not None and hit[0] > now:
             note(model=f"{hit[1].model}:{hit[1].version}")
             return hit[1]
-        m, v = self.registry.resolve(project_id, name, selector)
+        if hit is not None:  # expired: others keep it while this caller asks the database
+            self._cache[key] = (now + REFRESH_S, hit[1])
+        try:
+            m, v = self.registry.resolve(project_id, name, selector)
+        except Exception:
+            with self._lock:
+                self._cache.pop(key, None)
+            raise
         onnx = (v.artifacts or {}).get("onnx") or {}
         target = Target(
             project_id=project_id,
@@ -91,11 +102,15 @@ class Engine:
     ) -> Target:
         key = (principal.project_id, ref, version)
         hit = self._cache.get(key) if ":" not in ref and version is None else None
-        if hit is not None and hit[0] > time.monotonic():
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
             principal.check_model(hit[1].model)
             note(model=f"{hit[1].model}:{hit[1].version}")
             return hit[1]
-        return await to_thread.run_sync(self.resolve, principal, ref, version)
+        if hit is not None:  # expired: this caller refreshes, the others keep it meanwhile
+            self._cache[key] = (now + REFRESH_S, hit[1])
+        refresh = partial(self.resolve, principal, ref, version, refresh=hit is not None)
+        return await to_thread.run_sync(refresh)
 
     async def load(self, target: Target) -> Any:
         if target.status == "converting":
