@@ -103,8 +103,13 @@ def serve(
 
             if ensure_minilm(services, on_export=announce):
                 err.print(f"registered the demo model [bold]{EMBED_MODEL}[/]")
+        from modelworks.serving.pool import settle_heap
+
+        app = create_app(settings, services)
+        services.pool.settle_heap = True
+        settle_heap()
         uvicorn.run(
-            create_app(settings, services),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,

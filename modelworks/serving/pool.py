@@ -8,6 +8,7 @@ hold a reference), which is how a promotion drains the old version.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -40,6 +41,15 @@ class Entry:
     last_used: float = 0.0
     failed_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def settle_heap() -> None:
+    """Move everything alive now (modules, settings, loaded models) out of the collector's
+    reach. A full collection walks every tracked object; with a transformer's tokenizer and
+    the web stack loaded that took 60-80 ms, a pause every second or two under load that
+    showed as the p99 of a 0.2 ms request. Objects created later are collected as usual."""
+    gc.collect()
+    gc.freeze()
 
 
 def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -75,6 +85,7 @@ class ModelPool:
         self._guard = threading.Lock()
         self.on_load: Callable[[Target, float], None] | None = None
         self.on_batch: Callable[[str, int, float], None] | None = None
+        self.settle_heap = False  # the server sets it: freeze the heap after each load
 
     def _entry(self, target: Target) -> Entry:
         with self._guard:
@@ -120,6 +131,8 @@ class ModelPool:
             if self.on_load is not None:
                 self.on_load(target, entry.load_seconds)
             loaded = entry.model
+        if self.settle_heap:
+            settle_heap()
         self._enforce_budget(keep=target.digest)
         return loaded
 
