@@ -3,8 +3,10 @@
 Requests queue (bounded); one worker takes whatever is waiting, up to `max_batch_size` rows,
 stacks it along the batch axis and runs it in a thread. When the model is idle a request runs
 at once (no waiting for company); under load batches form while the previous one runs, and
-`max_delay_ms` lets a small batch wait that long for more. A full queue answers 503 with
-Retry-After at once; a request whose deadline passes before its batch starts is dropped (504).
+`max_delay_ms` (0 by default, as in Triton) lets a small batch wait that long for more:
+worth it only for open-loop traffic, where more requests are sure to come. A full queue
+answers 503 with Retry-After at once; a request whose deadline passes before its batch
+starts is dropped (504).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class DeadlineExceeded(ModelworksError):
 @dataclass
 class BatchSettings:
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    max_delay_ms: float = 0.0
     max_queue: int = 512
     timeout_s: float = 30.0
 
@@ -102,6 +104,10 @@ class Batcher:
             rows = item.rows
             if self.batchable:
                 rows = self._drain(batch, rows)
+                if rows < self.settings.max_batch_size:
+                    # requests already read off the sockets are one loop turn from the queue
+                    await asyncio.sleep(0)
+                    rows = self._drain(batch, rows)
                 if (
                     rows < self.settings.max_batch_size
                     and len(batch) > 1

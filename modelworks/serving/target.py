@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from typing import Any
 
 TEXT_TASKS = ("embeddings", "text-classification")
-# sensible batching by task: text models gain most from batching, tiny tabular models are
-# cheap per row, so they batch wide and never wait long
+# sensible batching by task: text models gain most from batching; tiny tabular models are
+# cheap per row, so they batch wide. No task waits for company by default (as in Triton):
+# under load, batches form while the previous one runs. Waiting cost callers that were all
+# already in the batch 2 ms each (tabular at 8 connections: 3,800 req/s with it, 8,200 without).
 TASK_BATCHING: dict[str, dict[str, float]] = {
-    "embeddings": {"max_batch_size": 32, "max_delay_ms": 2.0},
-    "text-classification": {"max_batch_size": 32, "max_delay_ms": 2.0},
+    "embeddings": {"max_batch_size": 32, "max_delay_ms": 0.0},
+    "text-classification": {"max_batch_size": 32, "max_delay_ms": 0.0},
 }
-DEFAULT_BATCHING = {"max_batch_size": 64, "max_delay_ms": 1.0}
+DEFAULT_BATCHING = {"max_batch_size": 64, "max_delay_ms": 0.0}
 
 
 @dataclass(frozen=True)
