@@ -10,6 +10,10 @@ and `POST /v1/embeddings` (OpenAI-like: tokenizers + ONNX Runtime + mean pooling
 normalisation, as all-MiniLM-L6-v2 is configured). Handlers are `async def` and run the model
 inline, so each worker process does exactly one request at a time; run one worker per core.
 `BASELINE_THREADS` sets ONNX Runtime intra-op threads per worker (default 1).
+
+`floor` is the same tabular route as a bare ASGI callable (no framework, orjson, no auth,
+metering, metrics or batching): about the least Python can do per request, so its requests/s
+is a ceiling for any server written in it (`uvicorn benchmarks.baseline_app:floor`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -115,3 +120,40 @@ async def embeddings(request: Request) -> JSONResponse:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+async def floor(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Bare ASGI: `GET /health` and the tabular `POST /v2/models/{name}/infer`, nothing else."""
+    if scope["type"] != "http":
+        return
+    if scope["method"] == "GET":
+        out = b'{"tabular": true}'
+    else:
+        assert TABULAR is not None
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        spec = orjson.loads(body)["inputs"][0]
+        x = np.asarray(spec["data"], dtype=np.float32).reshape(spec["shape"])
+        (y,) = TABULAR.run(None, {TABULAR.get_inputs()[0].name: x})
+        name = scope["path"].split("/")[3]
+        out = orjson.dumps(
+            {
+                "model_name": name,
+                "outputs": [
+                    {
+                        "name": "logits",
+                        "datatype": "FP32",
+                        "shape": list(y.shape),
+                        "data": y.ravel(),
+                    }
+                ],
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": out})

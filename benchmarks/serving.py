@@ -220,6 +220,32 @@ def start_modelworks(home: Path, tmp: Path, key: str | None) -> tuple[Process, s
     return proc, url, key
 
 
+def start_baseline(app: str, env: dict[str, str], tmp: Path) -> tuple[Process, str]:
+    """`uvicorn benchmarks.baseline_app:<app> --workers 2`, once it answers /health."""
+    port = free_port()
+    proc = Process(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"benchmarks.baseline_app:{app}",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env,
+        tmp / f"{app}.log",
+        tmp / f"{app}.out",
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc.wait_http(f"{url}/health", timeout=120)
+    return proc, url
+
+
 # load generators --------------------------------------------------------------------------
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -292,7 +318,7 @@ class LoadGen:
 # measuring --------------------------------------------------------------------------------
 @dataclass
 class Run:
-    system: str  # served | baseline | batching-off | loadgen-check
+    system: str  # served | baseline | floor | batching-off | loadgen-check
     model: str
     concurrency: int
     tool: str
@@ -572,7 +598,6 @@ def main() -> None:
         folder = store / "unpacked" / ver["digest"].split(":", 1)[1]
         if ver["signature"].get("root"):
             folder = folder / ver["signature"]["root"]
-        port = free_port()
         env = {
             **os.environ,
             "BASELINE_TABULAR_ONNX": str(tab_onnx),
@@ -580,27 +605,8 @@ def main() -> None:
             "BASELINE_EMBED_FOLDER": str(folder),
         }
         print("starting the baseline (uvicorn benchmarks.baseline_app:app --workers 2)…")
-        base = Process(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "benchmarks.baseline_app:app",
-                "--workers",
-                "2",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env,
-            tmp / "baseline.log",
-            tmp / "baseline.out",
-        )
-        burl = f"http://127.0.0.1:{port}"
+        base, burl = start_baseline("app", env, tmp)
         try:
-            base.wait_http(f"{burl}/health", timeout=120)
             time.sleep(3)  # let the second worker finish loading
             base_out = {
                 m: httpx.post(burl + p, content=b.read_bytes(), headers=auth, timeout=60).json()
@@ -628,6 +634,18 @@ def main() -> None:
             res.facts["baseline_pss_mb"] = pss_mb(base.pid)
         finally:
             base.stop()
+
+        # the Python floor: the tabular route as a bare ASGI callable, same workers
+        print("starting the floor (uvicorn benchmarks.baseline_app:floor --workers 2)…")
+        floor, furl = start_baseline("floor", env, tmp)
+        try:
+            time.sleep(3)
+            path, body = paths[TABULAR]
+            res.runs.append(
+                measure(gen, "floor", TABULAR, furl + path, body, auth, top, args, floor.pid)
+            )
+        finally:
+            floor.stop()
 
         # 3. the raw limit: the same runtimes in this process, no HTTP --------------------
         from modelworks.runtimes.onnx import OnnxModel
@@ -708,6 +726,11 @@ def report(res: Results, levels: list[int], top: int, low: int) -> None:
                 f"{r.batch:>6} |   rows/s at batch {r.batch}, p50 per call"
             )
     for r in res.runs:
+        if r.system == "floor":
+            print(
+                f"{r.model:<8}{r.concurrency:>5} | {r.rps:>10.1f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
+                f"{'':>6} |   floor: bare ASGI, no auth/metering/batching, 2 workers"
+            )
         if r.system in ("batching-off", "patch-live"):
             print(
                 f"{r.model:<8}{r.concurrency:>5} | {r.rps:>10.1f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
@@ -751,6 +774,12 @@ def report(res: Results, levels: list[int], top: int, low: int) -> None:
             ratio >= 2.5 and ts.p99_ms <= 10,
             f"{ts.rps:.1f} / {tb.rps:.1f} rps = {ratio:.2f}, p99 {ts.p99_ms:.2f} ms",
         )
+        fl = res.find("floor", TABULAR, top)
+        if fl:
+            print(
+                f"  {'':<22} (the bare-ASGI floor, doing the least Python can per request, makes"
+                f" {fl.rps:.1f} rps = {fl.rps / tb.rps:.2f}x the baseline)"
+            )
     off = res.find("batching-off", EMBED, top)
     if es and off:
         drop = es.rps / off.rps
@@ -759,6 +788,11 @@ def report(res: Results, levels: list[int], top: int, low: int) -> None:
             drop >= 3,
             f"{es.rps:.1f} -> {off.rps:.1f} rps = {drop:.2f}x ({off.note}; mean batch"
             f" {_f(off.mean_batch)})",
+        )
+    if off and e1 and er and er.batch > 1:
+        print(
+            f"  {'':<22} (the runtime itself gains {er.rows_per_s / e1.rows_per_s:.2f}x from"
+            f" batch 1 to batch {er.batch}: the most any drop can show)"
         )
     live = res.find("patch-live", EMBED, top)
     if live and off:
