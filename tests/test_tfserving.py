@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 from onnx import TensorProto, helper
 
-from modelworks.api.protocols import tfserving
+from modelworks.api.protocols import tfserving, tfserving_codec
 from modelworks.client import Client
 from modelworks.demo import build_demo_onnx
 from modelworks.errors import InvalidInput
@@ -306,15 +306,15 @@ def test_b64_strings_decode_and_encode() -> None:
     """BYTES inputs: strings or {"b64"}; BYTES outputs: UTF-8 text, else (or `*_bytes`) b64."""
     spec = {"name": "s", "datatype": "BYTES", "shape": [-1]}
     b64 = base64.b64encode("héllo".encode()).decode()
-    arr = tfserving._tensor("s", spec, ["plain", {"b64": b64}], 100)
+    arr = tfserving_codec.tensor("s", spec, ["plain", {"b64": b64}], 100)
     assert arr.dtype == np.object_ and arr.tolist() == [b"plain", "héllo".encode()]
     out = np.array([[b"ok", b"\xff\xfe"]], dtype=np.object_)
-    assert tfserving._to_json("s_out", out) == [["ok", {"b64": "//4="}]]
-    assert tfserving._to_json("s_bytes", out) == [[{"b64": "b2s="}, {"b64": "//4="}]]
+    assert tfserving_codec.to_json("s_out", out) == [["ok", {"b64": "//4="}]]
+    assert tfserving_codec.to_json("s_bytes", out) == [[{"b64": "b2s="}, {"b64": "//4="}]]
     with pytest.raises(InvalidInput, match="base64"):
-        tfserving._tensor("s", spec, [{"b64": "not base64!"}], 100)
+        tfserving_codec.tensor("s", spec, [{"b64": "not base64!"}], 100)
     with pytest.raises(InvalidInput, match="DT_STRING"):
-        tfserving._tensor("s", spec, [3], 100)
+        tfserving_codec.tensor("s", spec, [3], 100)
 
 
 def test_predict_strings_and_b64(http: httpx.Client, client: Client, tmp_path: Path) -> None:

@@ -1,0 +1,485 @@
+"""TensorFlow Serving JSON codec: turns the bodies of `:predict`, `:classify` and `:regress`
+into numpy feeds for a model's inputs, and the model's outputs back into TF-Serving response
+bodies. Pure functions of the body, the resolved `Target` and the outputs; the routes in
+`tfserving` resolve the model, read the body, check `signature_name` and run the model.
+
+Floats may be `NaN`/`Infinity` tokens in responses (a model's output can overflow), but inputs
+must be finite numbers. Binary strings are `{"b64": "..."}` both ways: BYTES outputs that are not
+UTF-8 (or whose name ends in `_bytes`, as in TF-Serving) come back in that form.
+
+`:predict` takes the row format (`{"instances": [...]}` -> `{"predictions": [...]}`; with one
+input each instance is that input's row, with several each is an object `{input: row}`) or the
+columnar format (`{"inputs": tensor | {input: tensor}}` -> `{"outputs": tensor | {output: ...}}`).
+
+`:regress` serves `tabular-regression` models with one output of one value per row
+(`{"results": [v, ...]}`); `:classify` serves `tabular-classification` (and
+`text-classification`) models with one float score output `[-1, K]`
+(`{"results": [[[label, score], ...], ...]}`; the labels are the signature's `labels`, else
+"0".."K-1", or "" for a single score column, as TF-Serving answers for a bare score).
+Each example (after `context` features are added to it; a feature may not be in both) feeds one
+row of the model's single input, in one of two forms:
+
+    {"f0": v0, "f1": v1, ..., "f{n-1}": v(n-1)}    the row's n columns in order (each value a
+                                                   number, or a one-element list)
+    {"<input name>": row}                          the whole row, as a :predict instance
+
+e.g. for input `x` FP32 [-1, 4]: `{"f0": 1, "f1": 2, "f2": 3, "f3": 4}` or `{"x": [1, 2, 3, 4]}`.
+Anything else, and any other task, is a 400 that says to use `:predict`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from modelworks.errors import BadRequest, InvalidInput
+from modelworks.serving.target import Target
+from modelworks.tensors import NUMPY_TYPES, element_count
+
+TF_DTYPES = {
+    "BOOL": "DT_BOOL",
+    "UINT8": "DT_UINT8",
+    "UINT16": "DT_UINT16",
+    "UINT32": "DT_UINT32",
+    "UINT64": "DT_UINT64",
+    "INT8": "DT_INT8",
+    "INT16": "DT_INT16",
+    "INT32": "DT_INT32",
+    "INT64": "DT_INT64",
+    "FP16": "DT_HALF",
+    "BF16": "DT_BFLOAT16",
+    "FP32": "DT_FLOAT",
+    "FP64": "DT_DOUBLE",
+    "BYTES": "DT_STRING",
+}
+FLOAT_TYPES = ("FP16", "FP32", "FP64")
+SCORE_NAMES = ("probabilities", "probability", "scores")
+CLASSIFY_TASKS = ("tabular-classification", "text-classification")
+REGRESS_TASKS = ("tabular-regression",)
+_FEATURE = re.compile(r"f(0|[1-9][0-9]*)")
+
+
+# decoding -----------------------------------------------------------------------------------
+def method(verb: str) -> str:
+    return f"tensorflow/serving/{verb}"
+
+
+def _described(t: Target) -> str:
+    return ", ".join(
+        f"{i['name']}: {i['datatype']} {i['shape']}" for i in t.signature.get("inputs", [])
+    )
+
+
+def _specs(t: Target, names: list[str]) -> dict[str, dict[str, Any]]:
+    specs = {i["name"]: i for i in t.signature.get("inputs", [])}
+    for name in names:
+        if name not in specs:
+            raise InvalidInput(f"unknown input {name!r}; the model expects {_described(t)}")
+    return specs
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
+def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str, np.ndarray], str]:
+    if "instances" in req and "inputs" in req:
+        raise BadRequest(
+            "send either 'instances' (row format) or 'inputs' (columnar format), not both"
+        )
+    n_inputs = len(t.signature.get("inputs", []))
+    if "instances" in req:
+        instances = req["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest("'instances' must be a non-empty list, one element per batch row")
+        named = [isinstance(x, dict) and not _is_b64(x) for x in instances]
+        if not any(named):
+            if n_inputs != 1:
+                raise InvalidInput(
+                    f"the model has {n_inputs} inputs ({_described(t)}); send each instance "
+                    "as an object {input name: value}"
+                )
+            name = t.signature["inputs"][0]["name"]
+            return {name: tensor(name, _specs(t, [name])[name], instances, limit)}, "rows"
+        if not all(named):
+            raise BadRequest("'instances' mixes objects and plain values; use one form")
+        keys = list(instances[0])
+        for i, inst in enumerate(instances):
+            if set(inst) != set(keys):
+                raise InvalidInput(
+                    f"instance {i} has inputs {sorted(inst)} but instance 0 has {sorted(keys)}; "
+                    "every instance needs the same inputs"
+                )
+        specs = _specs(t, keys)
+        return {
+            k: tensor(k, specs[k], [inst[k] for inst in instances], limit) for k in keys
+        }, "rows"
+    if "inputs" in req:
+        inputs = req["inputs"]
+        if isinstance(inputs, dict) and not _is_b64(inputs):
+            if not inputs:
+                raise BadRequest("'inputs' is an empty object; name each input's tensor")
+            specs = _specs(t, list(inputs))
+            return {k: tensor(k, specs[k], v, limit) for k, v in inputs.items()}, "columns"
+        if n_inputs != 1:
+            raise InvalidInput(
+                f"the model has {n_inputs} inputs ({_described(t)}); send 'inputs' as an "
+                "object {input name: tensor}"
+            )
+        name = t.signature["inputs"][0]["name"]
+        return {name: tensor(name, _specs(t, [name])[name], inputs, limit)}, "columns"
+    raise BadRequest(
+        "Missing 'instances' (row format) or 'inputs' (columnar format) in the request body"
+    )
+
+
+def _shape_of(data: Any) -> list[int]:
+    shape: list[int] = []
+    while isinstance(data, list):
+        shape.append(len(data))
+        if not data:
+            break
+        data = data[0]
+    return shape
+
+
+def _ragged(name: str) -> InvalidInput:
+    return InvalidInput(
+        f"input {name!r} is ragged: every row (and every nested list) must have the same length"
+    )
+
+
+def _flatten(name: str, data: Any, shape: list[int]) -> list[Any]:
+    """Row-major elements of `data`, which must nest exactly as `shape` says."""
+    if not shape:
+        if isinstance(data, list):
+            raise _ragged(name)
+        return [data]
+    out: list[Any] = []
+    last = len(shape) - 1
+
+    def walk(node: Any, depth: int) -> None:
+        if not isinstance(node, list) or len(node) != shape[depth]:
+            raise _ragged(name)
+        if depth == last:
+            if any(isinstance(x, list) for x in node):
+                raise _ragged(name)
+            out.extend(node)
+            return
+        for item in node:
+            walk(item, depth + 1)
+
+    walk(data, 0)
+    return out
+
+
+def tensor(name: str, spec: dict[str, Any], data: Any, limit: int) -> np.ndarray:
+    shape = _shape_of(data)
+    element_count(name, shape, limit)  # caps the size before anything is built
+    return _array(name, spec, _flatten(name, data, shape), shape, limit)
+
+
+def _array(
+    name: str, spec: dict[str, Any], flat: list[Any], shape: list[int], limit: int
+) -> np.ndarray:
+    datatype = spec.get("datatype")
+    if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
+        raise InvalidInput(
+            f"input {name!r} has datatype {datatype}, which has no JSON form here; "
+            "use the /v2 binary tensor extension"
+        )
+    count = element_count(name, shape, limit)
+    if len(flat) != count:
+        raise _ragged(name)
+    dtype = np.dtype(NUMPY_TYPES[datatype])
+    try:
+        if datatype == "BYTES":
+            arr = np.empty(count, dtype=np.object_)
+            for i, item in enumerate(flat):
+                arr[i] = _to_bytes(name, item)
+        elif datatype == "BOOL":
+            if not all(isinstance(x, bool) for x in flat):
+                raise InvalidInput(f"input {name!r}: DT_BOOL values must be true or false")
+            arr = np.array(flat, dtype=np.bool_)
+        elif dtype.kind in "iu":
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
+                raise InvalidInput(f"input {name!r}: {TF_DTYPES[datatype]} values must be integers")
+            info = np.iinfo(dtype)
+            if flat and (min(flat) < info.min or max(flat) > info.max):
+                raise InvalidInput(
+                    f"input {name!r}: values must lie in [{info.min}, {info.max}] for "
+                    f"{TF_DTYPES[datatype]}"
+                )
+            arr = np.array(flat, dtype=dtype)
+        else:
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
+                raise InvalidInput(f"input {name!r}: {TF_DTYPES[datatype]} values must be numbers")
+            if not all(math.isfinite(x) for x in flat if isinstance(x, float)):
+                raise InvalidInput(
+                    f"input {name!r}: NaN and Infinity are not accepted as input; "
+                    "send finite numbers only"
+                )
+            with np.errstate(over="ignore"):
+                arr = np.array(flat, dtype=dtype)
+            if not np.isfinite(arr).all():
+                raise InvalidInput(
+                    f"input {name!r}: values must be finite numbers that fit "
+                    f"{TF_DTYPES[datatype]}" + (" (at most ±3.4e38)" if datatype == "FP32" else "")
+                )
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"input {name!r}: data does not fit {TF_DTYPES[datatype]} ({exc})"
+        ) from None
+    return arr.reshape(shape)
+
+
+def _to_bytes(name: str, item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if _is_b64(item) and isinstance(item["b64"], str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"input {name!r}: a 'b64' value is not valid base64") from None
+    raise InvalidInput(
+        f'input {name!r}: DT_STRING values must be strings or {{"b64": "<base64>"}} objects'
+    )
+
+
+# classify / regress ---------------------------------------------------------------------------
+def check_task(t: Target, verb: str) -> None:
+    tasks = CLASSIFY_TASKS if verb == "classify" else REGRESS_TASKS
+    if t.task not in tasks:
+        raise BadRequest(
+            f"model {t.model!r} has task {t.task!r}, which does not support :{verb} "
+            f"(it serves {' and '.join(tasks)} models); use :predict for this model"
+        )
+    if verb == "classify":
+        _score_output(t)
+    else:
+        _regress_output(t)
+
+
+def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict[str, np.ndarray]:
+    inputs = t.signature.get("inputs", [])
+    shape = inputs[0].get("shape") if len(inputs) == 1 else None
+    if not isinstance(shape, list) or not shape:
+        raise BadRequest(
+            f"model {t.model!r} has inputs {_described(t)}; :{verb} builds one batched input "
+            "from each example's features, so it needs a single input with a batch dimension "
+            "— use :predict"
+        )
+    spec = inputs[0]
+    name = str(spec["name"])
+    row_shape = [int(d) for d in shape[1:]]
+    width = math.prod(row_shape) if all(d >= 0 for d in row_shape) else None
+    if width is None and len(row_shape) != 1:
+        raise BadRequest(
+            f"input {name!r} has shape {shape} with unknown row dimensions; use :predict"
+        )
+    examples = req.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise BadRequest("'examples' must be a non-empty list of objects {feature: value}")
+    context = req.get("context")
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        raise BadRequest("'context' must be an object {feature: value}")
+    hint = (
+        f"send each example as {{'f0': .., ..., 'f{width - 1}': ..}} (the input's {width} "
+        f"columns in order) or as {{{name!r}: row}}"
+        if width is not None
+        else f"send each example as {{'f0': .., 'f1': .., ...}} or as {{{name!r}: row}}"
+    )
+    flat: list[Any] = []
+    row_len: int | None = None
+    for i, example in enumerate(examples):
+        if not isinstance(example, dict):
+            raise BadRequest(f"example {i} is not an object {{feature: value}}")
+        both = sorted(set(example) & set(context))
+        if both:
+            raise InvalidInput(
+                f"feature {both[0]!r} is in both 'context' and example {i}; give it once"
+            )
+        features = {**context, **example}
+        row = _example_row(name, features, i, limit, hint)
+        if width is not None and len(row) != width:
+            raise InvalidInput(
+                f"example {i} has {len(row)} values; input {name!r} {shape} needs {width} "
+                f"per row: {hint}"
+            )
+        if row_len is not None and len(row) != row_len:
+            raise _ragged(name)
+        row_len = len(row)
+        flat.extend(row)
+        element_count(name, [len(flat)], limit)
+    full = [len(examples), *(row_shape if width is not None else [row_len or 0])]
+    return {name: _array(name, spec, flat, full, limit)}
+
+
+def _example_row(name: str, features: dict[str, Any], i: int, limit: int, hint: str) -> list[Any]:
+    if set(features) == {name}:
+        value = features[name]
+        shape = _shape_of(value)
+        element_count(name, shape, limit)
+        return _flatten(name, value, shape)
+    if features and all(isinstance(k, str) and _FEATURE.fullmatch(k) for k in features):
+        n = len(features)
+        if set(features) != {f"f{j}" for j in range(n)}:
+            raise InvalidInput(
+                f"example {i} has features {sorted(features, key=lambda k: int(k[1:]))}; "
+                f"feature names must run f0, f1, ... without gaps: {hint}"
+            )
+        row = []
+        for j in range(n):
+            value = features[f"f{j}"]
+            if isinstance(value, list):
+                if len(value) != 1 or isinstance(value[0], list):
+                    raise InvalidInput(
+                        f"example {i}: feature 'f{j}' must be one value (or a one-element list)"
+                    )
+                value = value[0]
+            row.append(value)
+        return row
+    shown = sorted(features)[:6]
+    raise InvalidInput(f"example {i} has features {shown}, which do not map onto the model: {hint}")
+
+
+def _score_output(t: Target) -> dict[str, Any]:
+    outs = t.signature.get("outputs", [])
+    found = [
+        o
+        for o in outs
+        if o.get("datatype") in FLOAT_TYPES
+        and isinstance(o.get("shape"), list)
+        and len(o["shape"]) == 2
+    ]
+    if len(found) > 1:
+        found = [o for o in found if o.get("name") in SCORE_NAMES][:1]
+    if len(found) != 1:
+        described = ", ".join(f"{o['name']}: {o['datatype']} {o['shape']}" for o in outs)
+        raise BadRequest(
+            f"model {t.model!r}: :classify needs one float score output of shape [-1, K]; "
+            f"the model's outputs are {described}; use :predict"
+        )
+    chosen: dict[str, Any] = found[0]
+    return chosen
+
+
+def _regress_output(t: Target) -> dict[str, Any]:
+    outs = t.signature.get("outputs", [])
+    spec: dict[str, Any] | None = outs[0] if len(outs) == 1 else None
+    shape = spec.get("shape") if spec else None
+    if (
+        spec is None
+        or spec.get("datatype") in ("BYTES", "BOOL")
+        or (
+            isinstance(shape, list)
+            and (not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] not in (1, -1)))
+        )
+    ):
+        described = ", ".join(f"{o['name']}: {o['datatype']} {o['shape']}" for o in outs)
+        raise BadRequest(
+            f"model {t.model!r}: :regress needs exactly one numeric output with one value per "
+            f"row; the model's outputs are {described}; use :predict"
+        )
+    return spec
+
+
+def _rows(t: Target, name: str, arr: np.ndarray, batch: int) -> np.ndarray:
+    if arr.ndim == 0 or arr.shape[0] != batch:
+        raise BadRequest(
+            f"model {t.model!r} returned {name!r} with shape {list(arr.shape)}, not one row "
+            f"per example ({batch}); use :predict"
+        )
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    return arr.reshape(batch, -1)
+
+
+def _regress_results(t: Target, outputs: dict[str, np.ndarray], batch: int) -> list[Any]:
+    name = str(_regress_output(t)["name"])
+    values = _rows(t, name, outputs[name], batch)
+    if values.shape[1] != 1:
+        raise BadRequest(
+            f"model {t.model!r} returned {values.shape[1]} values per row in {name!r}; "
+            ":regress needs one; use :predict"
+        )
+    return list(values[:, 0].tolist())
+
+
+def _classify_results(t: Target, outputs: dict[str, np.ndarray], batch: int) -> list[Any]:
+    name = str(_score_output(t)["name"])
+    scores = _rows(t, name, outputs[name], batch)
+    k = scores.shape[1]
+    labels = t.signature.get("labels")
+    if not (isinstance(labels, list) and len(labels) == k):
+        labels = [""] if k == 1 else [str(j) for j in range(k)]
+    return [[[str(labels[j]), s] for j, s in enumerate(row)] for row in scores.tolist()]
+
+
+# encoding -----------------------------------------------------------------------------------
+def encode_call(
+    verb: str, t: Target, shape: tuple[int, str], outputs: dict[str, np.ndarray]
+) -> bytes:
+    batch, form = shape
+    if verb == "regress":
+        body: dict[str, Any] = {"results": _regress_results(t, outputs, batch)}
+    elif verb == "classify":
+        body = {"results": _classify_results(t, outputs, batch)}
+    else:
+        names = _output_names(t, outputs)
+        if form == "columns":
+            if len(names) == 1:
+                body = {"outputs": to_json(names[0], outputs[names[0]])}
+            else:
+                body = {"outputs": {n: to_json(n, outputs[n]) for n in names}}
+        else:
+            for n in names:
+                arr = outputs[n]
+                if arr.ndim == 0 or arr.shape[0] != batch:
+                    raise BadRequest(
+                        f"output {n!r} has shape {list(arr.shape)}, not one row per instance "
+                        f"({batch}); send the columnar format ('inputs') to read it"
+                    )
+            if len(names) == 1:
+                body = {"predictions": to_json(names[0], outputs[names[0]])}
+            else:
+                cols = {n: to_json(n, outputs[n]) for n in names}
+                body = {"predictions": [{n: cols[n][i] for n in names} for i in range(batch)]}
+    return json.dumps(body, allow_nan=True, separators=(",", ":")).encode()
+
+
+def _output_names(t: Target, outputs: dict[str, np.ndarray]) -> list[str]:
+    declared = [o["name"] for o in t.signature.get("outputs", []) if o.get("name") in outputs]
+    return declared + [n for n in outputs if n not in declared and not n.startswith("_")]
+
+
+def _text(value: Any, as_b64: bool) -> Any:
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    if not as_b64:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(raw).decode("ascii")}
+
+
+def to_json(name: str, arr: np.ndarray) -> Any:
+    """Nested JSON for one output tensor; bytes become text or {"b64": ...}."""
+    if arr.dtype.kind in "OSU":
+        as_b64 = name.endswith("_bytes")
+        out = np.empty(arr.shape, dtype=np.object_)
+        flat = out.reshape(-1)
+        for i, x in enumerate(arr.reshape(-1)):
+            flat[i] = _text(x, as_b64)
+        return out.tolist()
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    return arr.tolist()
