@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -19,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelworks.auth.limits import QUOTA_KINDS, Limits, limits_from
+from modelworks.cache import RefreshingCache
 from modelworks.db.tables import ApiKey, Project
 from modelworks.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 
@@ -89,31 +89,21 @@ REFRESH_S = 1.0  # how long others keep an expired entry while one caller re-che
 class KeyService:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
-        # sha256(secret) -> (cache expiry, principal, key expiry): keeps the database off the
-        # hot path; revocations made through this process drop their entry at once
-        self._cache: dict[str, tuple[float, Principal, datetime | None]] = {}
+        # sha256(secret) -> principal: keeps the database off the hot path; revocations
+        # made through this process drop their entry at once
+        self._cache: RefreshingCache[str, Principal] = RefreshingCache(REFRESH_S)
 
     def forget_cached(self) -> None:
         """Drop every cached key (after a change to projects or limits)."""
         self._cache.clear()
 
     def cached(self, secret: str) -> Principal | None:
-        """The principal for `secret` if it was verified moments ago and is still valid.
-
-        When an entry runs out, the first caller gets None and checks the database again;
-        callers in the next `REFRESH_S` keep the entry meanwhile, so a busy key costs one
-        lookup per `CACHE_TTL_S`, not one per request in flight at that moment."""
-        digest = hash_secret(secret)
-        hit = self._cache.get(digest)
-        if hit is None:
+        """The principal for `secret` if it was verified moments ago and is still valid
+        (when the entry runs out, one caller re-checks the database: `RefreshingCache`)."""
+        p = self._cache.get(hash_secret(secret))
+        if p is None or (p.expires_at is not None and p.expires_at <= datetime.now(UTC)):
             return None
-        if hit[2] is not None and hit[2] <= datetime.now(UTC):
-            return None
-        now = time.monotonic()
-        if hit[0] < now:
-            self._cache[digest] = (now + REFRESH_S, hit[1], hit[2])
-            return None
-        return hit[1]
+        return p
 
     def create(
         self,
@@ -179,7 +169,7 @@ class KeyService:
                 raise NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
             if key.revoked_at is None:
                 key.revoked_at = datetime.now(UTC)
-            self._cache.pop(key.secret_hash, None)
+            self._cache.pop(key.secret_hash)
             s.flush()
             s.expunge(key)
             return key
@@ -190,7 +180,7 @@ class KeyService:
         try:
             return self._authenticate(secret)
         except Unauthorized:
-            self._cache.pop(hash_secret(secret), None)
+            self._cache.pop(hash_secret(secret))
             raise
 
     def _authenticate(self, secret: str) -> Principal:
@@ -220,13 +210,7 @@ class KeyService:
             limits=limits_from(key.rate_limit, key.burst, key.quota, project),
             expires_at=_aware(key.expires_at) if key.expires_at is not None else None,
         )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key.secret_hash] = (
-            time.monotonic() + CACHE_TTL_S,
-            principal,
-            _aware(key.expires_at) if key.expires_at is not None else None,
-        )
+        self._cache.put(key.secret_hash, principal, CACHE_TTL_S)
         return principal
 
     def touch(self, key_id: int) -> None:

@@ -7,8 +7,6 @@ replicas see a change within `RESOLVE_TTL_S`.
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 from anyio import to_thread
 
 from modelworks.auth.keys import Principal
+from modelworks.cache import RefreshingCache
 from modelworks.context import note
 from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
 from modelworks.registry import Registry, parse_model_ref
@@ -39,17 +38,17 @@ class Engine:
     def __init__(self, registry: Registry, pool: ModelPool) -> None:
         self.registry = registry
         self.pool = pool
-        self._cache: dict[tuple[int, str, str | None], tuple[float, Target]] = {}
-        self._lock = threading.Lock()
+        # (project, name, selector) -> target; an expired entry is refreshed by one caller
+        self._cache: RefreshingCache[tuple[int, str, str | None], Target] = RefreshingCache(
+            REFRESH_S
+        )
         registry.listeners.append(self.invalidate)
 
     def invalidate(self, project_id: int, name: str) -> None:
-        with self._lock:
-            for key in [k for k in self._cache if k[0] == project_id and k[1] == name]:
-                del self._cache[key]
+        self._cache.drop(lambda k: k[0] == project_id and k[1] == name)
 
     def resolve(
-        self, principal: Principal, ref: str, version: str | None = None, *, refresh: bool = False
+        self, principal: Principal, ref: str, version: str | None = None, *, cached: bool = True
     ) -> Target:
         """`name`, `name:3`, `name:alias`, or a name plus a separate version/alias, as the key
         sees it: a model outside its allowlist is as missing as one that does not exist."""
@@ -63,18 +62,14 @@ class Engine:
                 )
             selector = version
         key = (project_id, str(name), selector)
-        now = time.monotonic()
-        hit = None if refresh else self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            note(model=f"{hit[1].model}:{hit[1].version}")
-            return hit[1]
-        if hit is not None:  # expired: others keep it while this caller asks the database
-            self._cache[key] = (now + REFRESH_S, hit[1])
+        hit = self._cache.get(key) if cached else None
+        if hit is not None:
+            note(model=f"{hit.model}:{hit.version}")
+            return hit
         try:
             m, v = self.registry.resolve(project_id, name, selector)
         except Exception:
-            with self._lock:
-                self._cache.pop(key, None)
+            self._cache.pop(key)
             raise
         onnx = (v.artifacts or {}).get("onnx") or {}
         target = Target(
@@ -92,25 +87,22 @@ class Engine:
             status_reason=v.status_reason,
             size=int(onnx.get("size", v.size)),
         )
-        with self._lock:
-            self._cache[key] = (now + RESOLVE_TTL_S, target)
+        self._cache.put(key, target, RESOLVE_TTL_S)
         note(model=f"{target.model}:{target.version}")
         return target
 
     async def resolve_async(
         self, principal: Principal, ref: str, version: str | None = None
     ) -> Target:
-        key = (principal.project_id, ref, version)
-        hit = self._cache.get(key) if ":" not in ref and version is None else None
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
-            principal.check_model(hit[1].model)
-            note(model=f"{hit[1].model}:{hit[1].version}")
-            return hit[1]
-        if hit is not None:  # expired: this caller refreshes, the others keep it meanwhile
-            self._cache[key] = (now + REFRESH_S, hit[1])
-        refresh = partial(self.resolve, principal, ref, version, refresh=hit is not None)
-        return await to_thread.run_sync(refresh)
+        # a plain name is its own cache key: look here, and only go to a thread on a miss
+        plain = ":" not in ref and version is None
+        hit = self._cache.get((principal.project_id, ref, None)) if plain else None
+        if hit is not None:
+            principal.check_model(hit.model)
+            note(model=f"{hit.model}:{hit.version}")
+            return hit
+        lookup = partial(self.resolve, principal, ref, version, cached=not plain)
+        return await to_thread.run_sync(lookup)
 
     async def load(self, target: Target) -> Any:
         if target.status == "converting":
