@@ -735,6 +735,27 @@ def test_usage_per_key_and_model(
     assert http.get("/api/v1/usage", params={"project": "plant-b"}).json() == []
 
 
+def test_admin_usage_without_project_covers_every_project(
+    http: httpx.Client, raw: httpx.Client, onnx: Path
+) -> None:
+    b = {"project": "plant-b"}
+    assert http.post("/api/v1/projects", json={"name": "plant-b"}).status_code == 201
+    for project in (None, "plant-b"):
+        params = {"project": project} if project else {}
+        assert http.post("/api/v1/models", params=params, json={"name": "m"}).status_code == 201
+        assert upload(http, "m", onnx, project=project).status_code == 201
+    key_b = http.post("/api/v1/keys", json={"role": "owner", "project": "plant-b"}).json()["key"]
+    assert http.post("/v2/models/m/infer", json=v2()).status_code == 200
+    assert raw.post("/v2/models/m/infer", json=v2(), headers=bearer(key_b)).status_code == 200
+    rows = http.get("/api/v1/usage", params={"group_by": "project"}).json()
+    assert len(rows) == 2 and sum(r["requests"] for r in rows) == 2
+    # ?project= narrows it; an owner never sees beyond its own project
+    (only_b,) = http.get("/api/v1/usage", params={"group_by": "project", **b}).json()
+    assert only_b["requests"] == 1
+    own = raw.get("/api/v1/usage", params={"group_by": "project"}, headers=bearer(key_b)).json()
+    assert [r["project"] for r in own] == [only_b["project"]]
+
+
 @pytest.mark.parametrize("group_by", ["key,colour", "", " , ", "hour;key", "secret_hash"])
 def test_usage_bad_group_by_is_422(http: httpx.Client, group_by: str) -> None:
     r = http.get("/api/v1/usage", params={"group_by": group_by})
@@ -858,8 +879,12 @@ def test_audit_records_who_what_target_outcome_client_and_request_id(
     assert [e["id"] for e in events] == sorted((e["id"] for e in events), reverse=True)
     # the default project's event is not in plant-b's log, but it is in the default one
     assert "ticket-42" not in by_rid
-    mine = http.get("/api/v1/audit", params={"action": "model.create"}).json()
+    default = {"action": "model.create", "project": "default"}
+    mine = http.get("/api/v1/audit", params=default).json()
     assert [(e["target"], e["request_id"]) for e in mine] == [("mine", "ticket-42")]
+    # an admin who names no project sees every project's events: an admin sees everything
+    everything = http.get("/api/v1/audit", params={"action": "model.create"}).json()
+    assert sorted(e["target"] for e in everything) == ["mine", "press"]
 
     # an owner sees only its project's events (no auth failures, nothing of default)
     ob = bearer(owner["key"])

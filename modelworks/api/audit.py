@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 
-from modelworks.api.auth import require
+from modelworks.api.auth import project_scope, require
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 
@@ -29,10 +29,10 @@ def audit(
     end: datetime | None = Query(None, alias="to"),
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
-    """Newest first. Owners see their project's events; admins any project's (`?project=`),
-    and auth failures, which belong to no project."""
+    """Newest first. Owners see their project's events; admins every project's, auth failures
+    (which belong to no project) included, or one project's with `?project=`."""
     events = services(request).audit.list(
-        project_id=p.project_id,
+        project_id=project_scope(request, p),
         include_unscoped=p.role == "admin",
         action=action,
         actor=actor,

@@ -147,6 +147,14 @@ async def authorize(
     return p
 
 
+def project_scope(request: Request, p: Principal) -> int | None:
+    """The project a listing covers: the key's own, the `?project=` one, or every project (None)
+    for an admin who names none: an admin sees everything."""
+    if p.role == "admin" and "project" not in request.query_params:
+        return None
+    return p.project_id
+
+
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: authenticate, then `authorize` for `permission`."""
 

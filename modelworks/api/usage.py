@@ -9,7 +9,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 
-from modelworks.api.auth import require
+from modelworks.api.auth import project_scope, require
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.auth.usage import GROUPS
@@ -30,8 +30,8 @@ async def usage(
         "hour,key,model", max_length=100, description=f"Comma-separated: {', '.join(GROUPS)}."
     ),
 ) -> list[dict[str, Any]]:
-    """Sums of requests, items, tokens, compute_ms and errors for the key's project
-    (`?project=` picks another for admin keys)."""
+    """Sums of requests, items, tokens, compute_ms and errors for the key's project; admin
+    keys see every project's, or one with `?project=`."""
     groups = tuple(g.strip() for g in group_by.split(",") if g.strip())
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
@@ -42,7 +42,7 @@ async def usage(
     await to_thread.run_sync(svc.usage.flush)  # include what was just served
     return await to_thread.run_sync(
         lambda: svc.usage.query(
-            project_id=p.project_id,
+            project_id=project_scope(request, p),
             models=p.models,
             key_id=key,
             model=model,
