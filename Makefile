@@ -6,16 +6,23 @@ BIN := $(VENV)/bin
 .PHONY: serve test lint format bench clean
 
 $(BIN)/python:
+	@echo "==> creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # stamps re-run the install whenever pyproject.toml changes
+# pip prints each package as it goes (no --quiet): the first install takes minutes
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,demo]'
+	@echo "==> installing the server, the demo models (PyTorch, transformers, ONNX Runtime) and"
+	@echo "    the clients the README uses into $(VENV): about 2 minutes the first time"
+	$(BIN)/python -m pip install --progress-bar on -e '.[server,demo,clients]'
 	@touch $@
+	@echo "==> installed; later runs skip this step until pyproject.toml changes"
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "==> installing Modelworks with every extra and the test tools into $(VENV):"
+	@echo "    about 3 minutes the first time"
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 	@touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve  ## start the server on 127.0.0.1:8000 with the demo model
