@@ -18,6 +18,7 @@ from starlette.responses import PlainTextResponse
 from modelworks import __version__
 from modelworks.api import audit, errors, health, keys, models, projects, usage
 from modelworks.api.auth import require
+from modelworks.api.encoding import Compress
 from modelworks.api.fastpath import InferFastPath
 from modelworks.api.limits import BodyLimit
 from modelworks.api.metrics import Metrics, MetricsMiddleware
@@ -102,13 +103,19 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.add_middleware(InferFastPath)  # innermost: metrics, limits and hosts still apply
     app.add_middleware(MetricsMiddleware, metrics=metrics, on_done=account)
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(Compress)  # responses; BodyLimit inflates compressed requests
     if settings.origins:
         # exact origins only; credentials travel in the Authorization header, never cookies
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "Inference-Header-Content-Length",
+            ],
             expose_headers=["Inference-Header-Content-Length", "Retry-After", "X-Request-ID"],
         )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_names)

@@ -1,9 +1,12 @@
-"""Request-size limits enforced while the body streams in, and a JSON depth guard.
+"""Request-size limits enforced while the body streams in, content encodings, and a JSON
+depth guard.
 
 Each route family has its own cap: inference bodies `MODELWORKS_MAX_REQUEST_BYTES`,
 management bodies 1 MiB; model uploads are capped by their handler at
 `MODELWORKS_MAX_UPLOAD_BYTES` as the file streams into the store. A declared Content-Length over
 the cap is refused before a byte is read; a body that grows past it is cut off mid-stream.
+A gzip or deflate body is inflated as it streams in (`encoding.Inflate`) and the cap applies
+to the inflated bytes.
 """
 
 from __future__ import annotations
@@ -13,16 +16,25 @@ import re
 from typing import Any
 
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelworks.api.encoding import Inflate, content_coding, too_large, wire_cap
 from modelworks.api.errors import error_response
-from modelworks.errors import BadRequest, PayloadTooLarge
+from modelworks.errors import (
+    BadRequest,
+    ModelworksError,
+    UnsupportedFormat,
+)
 from modelworks.settings import Settings
 
 MANAGEMENT_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
+INFERENCE_PREFIXES = ("/v2/", "/v1/", "/models/")
 _UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+# what `curl -d` and bare clients send with a JSON body; read as JSON on the management API
+JSON_ALIKE = (b"", b"application/x-www-form-urlencoded", b"text/plain")
 
 
 def check_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
@@ -70,9 +82,77 @@ def cap_for(path: str, method: str, settings: Settings) -> int | None:
     """The body cap of a route; None for uploads, whose handler caps the file itself."""
     if method == "POST" and _UPLOAD.match(path):
         return None
-    if path.startswith(("/v2/", "/v1/", "/models/")):
+    if path.startswith(INFERENCE_PREFIXES):
         return settings.max_request_bytes
     return MANAGEMENT_BODY_BYTES
+
+
+def _without(scope: Scope, *names: bytes) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in scope["headers"] if n not in names]
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether some route takes this method and path: if none does, its 404 or 405 comes
+    before any complaint about the body."""
+    router = getattr(scope.get("app"), "router", None)
+    return any(r.matches(scope)[0] is Match.FULL for r in getattr(router, "routes", ()))
+
+
+def as_json(scope: Scope, ctype: bytes | None, body: bytes) -> Scope:
+    """Management routes take JSON. A body with no Content-Type, or sent as a form or plain
+    text (what `curl -d` sends), is read as JSON; another explicit type is refused."""
+    media = (ctype or b"").split(b";", 1)[0].strip().lower()
+    if not body or media == b"application/json":
+        return scope
+    if media.startswith(b"application/") and media.endswith(b"+json"):
+        return scope
+    if not _routed(scope):
+        return scope
+    if media not in JSON_ALIKE:
+        raise UnsupportedFormat(
+            f"this route takes a JSON body, not {media.decode('latin-1')}; "
+            "send Content-Type: application/json"
+        )
+    try:
+        json.loads(body)
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(
+            "the request body is not JSON; send a JSON object with "
+            "Content-Type: application/json (curl -H 'Content-Type: application/json' -d '{...}')"
+        ) from None
+    headers = [*_without(scope, b"content-type"), (b"content-type", b"application/json")]
+    return {**scope, "headers": headers}
+
+
+def _counted(receive: Receive, cap: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise too_large(cap)
+        return message
+
+    return counted
+
+
+async def _read_whole(receive: Receive, cap: int) -> bytes:
+    chunks = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        seen += len(chunks[-1])
+        if seen > cap:
+            raise too_large(cap)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
 
 
 class BodyLimit:
@@ -84,64 +164,52 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        cap = cap_for(scope["path"], scope["method"], self.settings)
-        if cap is None:
-            await self.app(scope, receive, send)
-            return
-        too_large = PayloadTooLarge(
-            f"request body exceeds {cap} bytes for this route", details={"limit": cap}
-        )
+        path = scope["path"]
+        cap = cap_for(path, scope["method"], self.settings)
+        length = encoding = ctype = None
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit():
-                    await error_response(Request(scope), BadRequest("invalid Content-Length"))(
-                        scope, receive, send
-                    )
-                    return
-                if int(value) > cap:
-                    await error_response(Request(scope), too_large)(scope, receive, send)
-                    return
-        seen = 0
-        management = cap == MANAGEMENT_BODY_BYTES
-        if management:
-            # small JSON bodies: read them whole, check nesting, then hand them on
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                chunks.append(message.get("body", b""))
-                seen += len(chunks[-1])
-                if seen > cap:
-                    await error_response(Request(scope), too_large)(scope, receive, send)
-                    return
-                if not message.get("more_body", False):
-                    break
-            body = b"".join(chunks)
-            try:
+                length = value
+            elif name == b"content-encoding":
+                encoding = value
+            elif name == b"content-type":
+                ctype = value
+        body = None
+        inflate = encoding is not None and encoding.strip().lower() not in (b"", b"identity")
+        try:
+            if inflate:
+                receive = Inflate(receive, content_coding(encoding or b""), cap)
+                # handlers see the inflated body, whose length is not the one declared
+                scope = {
+                    **scope,
+                    "headers": _without(scope, b"content-length", b"content-encoding"),
+                }
+            if cap is not None and length is not None:
+                if not length.isdigit():
+                    raise BadRequest("invalid Content-Length")
+                if int(length) > (wire_cap(cap) if inflate else cap):
+                    raise too_large(cap)
+            if cap is not None and not path.startswith(INFERENCE_PREFIXES):
+                # small JSON bodies: read them whole, check nesting, then hand them on
+                body = await _read_whole(receive, cap)
                 check_depth(body)
-            except BadRequest as exc:
-                await error_response(Request(scope), exc)(scope, receive, send)
-                return
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if sent:
-                    return await receive()
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+                if path.startswith("/api/"):
+                    scope = as_json(scope, ctype, body)
+            elif cap is not None and not inflate:
+                receive = _counted(receive, cap)  # Inflate counts what it inflates
+        except ModelworksError as exc:
+            await error_response(Request(scope), exc)(scope, receive, send)
             return
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        sent = False
 
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > cap:
-                    raise too_large
-            return message
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, counted, send)
+        await self.app(scope, replay, send)

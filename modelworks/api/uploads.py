@@ -58,7 +58,7 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
         raise ClientGone(
             "the client disconnected before the upload finished; nothing was stored"
         ) from None
-    except (PayloadTooLarge, ValidationFailed, UnsupportedFormat):
+    except (PayloadTooLarge, ValidationFailed, UnsupportedFormat, BadRequest):
         raise
     except Exception:
         raise BadRequest("malformed multipart body; send it as multipart/form-data") from None

@@ -7,6 +7,10 @@ at once (no waiting for company); under load batches form while the previous one
 worth it only for open-loop traffic, where more requests are sure to come. A full queue
 answers 503 with Retry-After at once; a request whose deadline passes before its batch
 starts is dropped (504).
+
+Each batcher also counts what Triton's statistics extension reports (`ModelStats`): requests
+that succeeded or failed and their time, time queued, and per executed batch the time to stack
+inputs, run the model and split outputs. A few integer additions per request, on the loop.
 """
 
 from __future__ import annotations
@@ -41,12 +45,48 @@ class BatchSettings:
 
 
 @dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass
+class ModelStats:
+    """Cumulative counts of one model version, in Triton's terms: an inference is a row (batch
+    item), an execution one run of the model; request durations are summed per request."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStats] = field(default_factory=dict)  # by rows per execution
+
+
+@dataclass
 class _Item:
     feeds: dict[str, np.ndarray]
     rows: int
     deadline: float
     future: asyncio.Future[dict[str, np.ndarray]]
     key: tuple[Any, ...] = field(default=())
+    queued_ns: int = 0
+    stats: ModelStats = field(default_factory=ModelStats)
 
 
 class Batcher:
@@ -62,14 +102,20 @@ class Batcher:
         self.batches = 0
         self._run_ema_s = 1.0  # unknown until measured: start off the loop
         self.on_batch: Any = None  # callback(size_rows, seconds) for metrics
+        self.stats = ModelStats()  # for requests submitted without their model version's own
 
     @property
     def depth(self) -> int:
         return self.queue.qsize()
 
     async def submit(
-        self, feeds: dict[str, np.ndarray], timeout_s: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        stats: ModelStats | None = None,
     ) -> dict[str, np.ndarray]:
+        """Run `feeds` in the next batch; `stats` counts it (versions with identical files
+        share a runtime and its batcher, but each keeps its own counts)."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"batcher:{self.name}"
@@ -85,16 +131,26 @@ class Batcher:
             loop.time() + (timeout_s or self.settings.timeout_s),
             loop.create_future(),
             key,
+            time.perf_counter_ns(),
+            stats or self.stats,
         )
+        stats = item.stats
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
+            stats.fail.add(time.perf_counter_ns() - item.queued_ns)
             raise ServiceUnavailable(
                 f"model {self.name!r} is at capacity ({self.settings.max_queue} requests queued); "
                 "retry shortly",
                 details={"retry_after": 1},
             ) from None
-        return await item.future
+        try:
+            result = await item.future
+        except BaseException:
+            stats.fail.add(time.perf_counter_ns() - item.queued_ns)
+            raise
+        stats.success.add(time.perf_counter_ns() - item.queued_ns)
+        return result
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -152,30 +208,42 @@ class Batcher:
         return await to_thread.run_sync(self.model.predict, feeds)
 
     async def _execute(self, group: list[_Item]) -> None:
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
+        executions = 1
+        total = sum(it.rows for it in group)
         try:
             if len(group) == 1:
-                results = [await self._predict(group[0].feeds)]
+                stacked = group[0].feeds
             else:
                 names = list(group[0].feeds)
                 stacked = {n: np.concatenate([it.feeds[n] for it in group]) for n in names}
-                out = await self._predict(stacked)
-                total = sum(it.rows for it in group)
-                if any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
-                    results = [await self._predict(it.feeds) for it in group]
-                else:
-                    bounds = np.cumsum([it.rows for it in group])[:-1]
-                    parts = {n: np.split(a, bounds) for n, a in out.items()}
-                    results = [{n: parts[n][i] for n in out} for i in range(len(group))]
+            stacked_at = time.perf_counter_ns()
+            out = await self._predict(stacked)
+            alone = None
+            if len(group) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
+                # the outputs do not follow the batch axis: run the requests one by one
+                alone = [await self._predict(it.feeds) for it in group]
+                executions += len(group)
+            inferred_at = time.perf_counter_ns()
+            if alone is not None:
+                results = alone
+            elif len(group) == 1:
+                results = [out]
+            else:
+                bounds = np.cumsum([it.rows for it in group])[:-1]
+                parts = {n: np.split(a, bounds) for n, a in out.items()}
+                results = [{n: parts[n][i] for n in out} for i in range(len(group))]
         except Exception as exc:
             for it in group:
                 if not it.future.done():
                     it.future.set_exception(exc)
             return
+        ended = time.perf_counter_ns()
         self.batches += 1
-        seconds = time.perf_counter() - started
+        seconds = (ended - started) / 1e9
         self._run_ema_s = 0.8 * self._run_ema_s + 0.2 * seconds
-        total_rows = sum(it.rows for it in group) or 1
+        self._count(group, total, executions, (started, stacked_at, inferred_at, ended))
+        total_rows = total or 1
         if self.on_batch is not None:
             self.on_batch(total_rows, seconds)
         for it, res in zip(group, results, strict=True):
@@ -183,6 +251,29 @@ class Batcher:
                 # each request is billed its share of the run, by rows
                 res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total_rows)
                 it.future.set_result(res)
+
+    def _count(
+        self, group: list[_Item], rows: int, executions: int, marks: tuple[int, int, int, int]
+    ) -> None:
+        started, stacked_at, inferred_at, ended = marks
+        spans = (stacked_at - started, inferred_at - stacked_at, ended - inferred_at)
+        owners: dict[int, ModelStats] = {}
+        for it in group:
+            stats = owners.setdefault(id(it.stats), it.stats)
+            stats.inference_count += it.rows
+            stats.queue.add(started - it.queued_ns)
+            # each request of a batch took the batch's time, as Triton counts it
+            stats.compute_input.add(spans[0])
+            stats.compute_infer.add(spans[1])
+            stats.compute_output.add(spans[2])
+        now_ms = time.time_ns() // 1_000_000
+        for stats in owners.values():
+            stats.last_inference_ms = now_ms
+            stats.execution_count += executions
+            batch = stats.batches.get(rows) or stats.batches.setdefault(rows, BatchStats())
+            batch.compute_input.add(spans[0])
+            batch.compute_infer.add(spans[1])
+            batch.compute_output.add(spans[2])
 
     async def close(self) -> None:
         if self._task is not None:

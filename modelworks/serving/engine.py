@@ -19,6 +19,7 @@ from modelworks.cache import RefreshingCache
 from modelworks.context import note
 from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
 from modelworks.registry import Registry, parse_model_ref
+from modelworks.serving.batcher import ModelStats
 from modelworks.serving.pool import ModelPool
 from modelworks.serving.target import Target
 
@@ -43,6 +44,8 @@ class Engine:
             REFRESH_S
         )
         registry.listeners.append(self.invalidate)
+        # model version id -> its statistics (Triton's); they outlive an eviction and reload
+        self.stats: dict[int, ModelStats] = {}
 
     def invalidate(self, project_id: int, name: str) -> None:
         self._cache.drop(lambda k: k[0] == project_id and k[1] == name)
@@ -122,8 +125,11 @@ class Engine:
         note(model=f"{target.model}:{target.version}")
         runtime = await self.load(target)
         batcher = self.pool.batcher(target, runtime)
+        stats = self.stats.get(target.version_id)
+        if stats is None:
+            stats = self.stats.setdefault(target.version_id, ModelStats())
         try:
-            outputs = await batcher.submit(feeds, timeout_s)
+            outputs = await batcher.submit(feeds, timeout_s, stats)
         except ModelworksError:
             raise
         except Exception:

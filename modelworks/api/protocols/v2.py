@@ -4,6 +4,8 @@ tensor extension (what tritonclient sends by default).
 Errors here are `{"error": "<message>"}` and success is exactly 200, as tritonclient expects.
 A model name may carry a selector: `name` (alias `production`, else the latest version),
 `name:3` (version 3) or `name:staging` (alias); `/versions/{v}` takes a number or an alias.
+Triton's statistics extension (`/v2/models[/{m}[/versions/{v}]]/stats`) reports the counts
+each model version's batcher keeps.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +26,7 @@ from modelworks.api.responses import FastJSON, dumps, json_data
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, InvalidInput, ModelworksError, PayloadTooLarge
+from modelworks.serving.batcher import Duration, ModelStats
 from modelworks.serving.target import Target
 from modelworks.tensors import (
     check_against_signature,
@@ -33,7 +37,9 @@ from modelworks.tensors import (
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-EXTENSIONS: list[str] = ["binary_tensor_data"]
+EXTENSIONS: list[str] = ["binary_tensor_data", "statistics"]
+STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+COMPUTE = ("compute_input", "compute_infer", "compute_output")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -70,6 +76,69 @@ def server_ready(request: Request) -> JSONResponse:
 @router.get("")
 def server_metadata(_p: Principal = Depends(require("infer"))) -> dict[str, Any]:
     return {"name": "modelworks", "version": __version__, "extensions": EXTENSIONS}
+
+
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def _model_stats(svc: Services, name: str, version: int, version_id: int) -> dict[str, Any]:
+    """One entry of Triton's statistics extension; zeros for a version not served yet."""
+    s = svc.serving.stats.get(version_id) or ModelStats()
+    inference = {k: _duration(getattr(s, k)) for k in STAT_KINDS}
+    inference["cache_hit"] = inference["cache_miss"] = {"count": 0, "ns": 0}  # no cache
+    return {
+        "name": name,
+        "version": str(version),
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": inference,
+        "batch_stats": [
+            {"batch_size": size, **{k: _duration(getattr(b, k)) for k in COMPUTE}}
+            for size, b in sorted(s.batches.items())
+        ],
+        "memory_usage": [],
+    }
+
+
+@router.get("/models/stats")
+async def all_model_stats(
+    request: Request, p: Principal = Depends(require("infer"))
+) -> dict[str, Any]:
+    """Triton's statistics of every version of every model the key can see."""
+    svc = services(request)
+    models = await to_thread.run_sync(svc.registry.list_models, p.project_id)
+    return {
+        "model_stats": [
+            _model_stats(svc, m.name, v.version, v.id)
+            for m in models
+            if p.allows_model(m.name)
+            for v in sorted(m.versions, key=lambda v: v.version)
+        ]
+    }
+
+
+@router.get("/models/{model}/stats")
+@router.get("/models/{model}/versions/{version}/stats")
+async def model_stats(
+    model: str,
+    request: Request,
+    version: str | None = None,
+    p: Principal = Depends(require("infer")),
+) -> dict[str, Any]:
+    """One version's statistics, or, for a bare model name, every version's (as Triton)."""
+    svc = services(request)
+    t = await svc.serving.resolve_async(p, model, version)
+    if version is not None or ":" in model:
+        return {"model_stats": [_model_stats(svc, t.model, t.version, t.version_id)]}
+    versions = await to_thread.run_sync(svc.registry.list_versions, p.project_id, t.model)
+    return {
+        "model_stats": [
+            _model_stats(svc, t.model, v.version, v.id)
+            for v in sorted(versions, key=lambda v: v.version)
+        ]
+    }
 
 
 def _metadata(t: Target, versions: list[int]) -> dict[str, Any]:
