@@ -69,53 +69,92 @@ def serve(
                 "or bind 127.0.0.1.",
                 code=2,
             )
-        import uvicorn
-
-        from modelworks.api.app import create_app
         from modelworks.api.services import Services
         from modelworks.db import upgrade
 
         settings.home.mkdir(parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
         services = Services.build(settings)
-        if settings.auth:
-            secret = services.keys.bootstrap_admin()
-            if secret:
-                err.print(
-                    "[bold green]Admin API key[/] (shown once; store it now):", highlight=False
-                )
-                print(secret, flush=True)
-                err.print(f"  export MODELWORKS_API_KEY={secret}", highlight=False)
-        else:
+        secret = services.keys.bootstrap_admin() if settings.auth else None
+        if not settings.auth:
             err.print("[yellow]auth is off:[/] every caller on this machine may do everything")
-        if demo:
-            from modelworks.demo import DEMO_MODEL, ensure_demo
+        announce_key = KeyBanner(secret)
+        try:
+            _start(settings, services, demo, on_ready=announce_key)
+        finally:
+            announce_key()  # the start failed: the new key is still the only admin key
 
-            if ensure_demo(services):
-                err.print(f"registered the demo model [bold]{DEMO_MODEL}[/]")
-            from modelworks.demo import EMBED_MODEL, ensure_minilm
 
-            def announce() -> None:
-                err.print(
-                    f"registering [bold]{EMBED_MODEL}[/] (all-MiniLM-L6-v2) and exporting it "
-                    "to ONNX, once (about 15 s)…"
-                )
+def _start(settings: Any, services: Any, demo: bool, on_ready: Callable[[], None]) -> None:
+    """Register the demo models if asked, then serve; `on_ready` runs once requests are
+    accepted, so what it prints comes after the demo's messages and uvicorn's start-up lines."""
+    import uvicorn
 
-            if ensure_minilm(services, on_export=announce):
-                err.print(f"registered the demo model [bold]{EMBED_MODEL}[/]")
-        from modelworks.serving.pool import settle_heap
+    from modelworks.api.app import create_app
+    from modelworks.serving.pool import settle_heap
 
-        app = create_app(settings, services)
-        services.pool.settle_heap = True
-        settle_heap()
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            server_header=False,
+    if demo:
+        from modelworks.demo import DEMO_MODEL, EMBED_MODEL, ensure_demo, ensure_minilm
+
+        if ensure_demo(services):
+            err.print(f"registered the demo model [bold]{DEMO_MODEL}[/]")
+
+        def announce() -> None:
+            err.print(
+                f"registering [bold]{EMBED_MODEL}[/] (all-MiniLM-L6-v2) and exporting it "
+                "to ONNX, once (about 15 s)…"
+            )
+
+        if ensure_minilm(services, on_export=announce):
+            err.print(f"registered the demo model [bold]{EMBED_MODEL}[/]")
+    app = create_app(settings, services)
+    services.pool.settle_heap = True
+    settle_heap()
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+    )
+    ready_server(config, on_ready).run()
+
+
+class KeyBanner:
+    """Prints the first admin key once: bare on stdout (for scripts), in a panel on stderr."""
+
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret
+
+    def __call__(self) -> None:
+        secret, self.secret = self.secret, None
+        if not secret:
+            return
+        from rich.panel import Panel
+        from rich.text import Text
+
+        print(secret, flush=True)
+        body = Text.assemble(
+            "Use it in this shell and the next ones with\n\n",
+            (f"export MODELWORKS_API_KEY={secret}", "bold"),
+            "\n\nIt is shown once and stored only hashed: save it now. Lost it? "
+            "`modelworks keys bootstrap` (same MODELWORKS_HOME) mints another.",
         )
+        err.print(Panel(body, title="[bold]Admin API key[/]", border_style="green", expand=False))
+
+
+def ready_server(config: Any, on_ready: Callable[[], None]) -> Any:
+    """A uvicorn server that calls `on_ready` once it accepts requests."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_ready()
+
+    return Server(config)
 
 
 @db_app.command("upgrade")

@@ -321,7 +321,7 @@ def test_serve_refuses_public_bind_without_auth(
 
     started: list[Any] = []
     # were the guard missing, record the attempt instead of blocking on a real server
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append((a, kw)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **kw: started.append((a, kw)))
     home = tmp_path / "serve-home"
     result = CliRunner().invoke(
         app,

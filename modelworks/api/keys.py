@@ -9,17 +9,32 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from fastapi import Path as FastPath
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.requests import Request
 
 from modelworks.api.auth import audit_action, require, scope_to
 from modelworks.api.schemas import KeyCreate, KeyCreated, KeyOut
 from modelworks.api.services import services
-from modelworks.auth.keys import Principal
+from modelworks.auth.keys import Principal, effective_limits
 from modelworks.db.tables import Project
 from modelworks.errors import Forbidden
 
 router = APIRouter(prefix="/api/v1", tags=["keys"])
+
+
+class EffectiveLimits(BaseModel):
+    rate_limit: float | None = Field(description="Requests/s the key runs under; null: none.")
+    burst: int | None
+    quota: dict[str, int] = Field(description="Daily quotas by kind (requests, items, tokens).")
+    sources: dict[str, str] = Field(
+        description='Where each limit comes from: "key", "project", or "key rate" / '
+        '"project rate" for a burst defaulted from that rate (keys: rate, burst, quota.KIND).'
+    )
+
+
+class KeyDetail(KeyOut):
+    limits: EffectiveLimits
 
 
 def _project_names(request: Request) -> dict[int, str]:
@@ -81,6 +96,23 @@ def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list
     return [
         KeyOut.of(k, names.get(k.project_id, "")) for k in services(request).keys.list(p.project_id)
     ]
+
+
+@router.get("/keys/{key_id}", response_model=KeyDetail)
+def get_key(
+    request: Request,
+    key_id: int = FastPath(ge=1, le=2**63 - 1),
+    p: Principal = Depends(require("keys")),
+) -> KeyDetail:
+    """A key with the limits it runs under: its own, else its project's defaults."""
+    key, project = services(request).keys.get(key_id, None if p.role == "admin" else p.project_id)
+    limits, sources = effective_limits(key, project)
+    return KeyDetail(
+        **KeyOut.of(key, project.name).model_dump(),
+        limits=EffectiveLimits(
+            rate_limit=limits.rate, burst=limits.burst, quota=limits.quota, sources=sources
+        ),
+    )
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut)

@@ -11,13 +11,13 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelworks.auth.limits import QUOTA_KINDS, Limits, limits_from
+from modelworks.auth.limits import QUOTA_KINDS, Limits, default_burst
 from modelworks.cache import RefreshingCache
 from modelworks.db.tables import ApiKey, Project
 from modelworks.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
@@ -159,6 +159,15 @@ class KeyService:
                 q = q.where(ApiKey.project_id == project_id)
             return list(s.scalars(q))
 
+    def get(self, key_id: int, project_id: int | None = None) -> tuple[ApiKey, Project]:
+        """A key with its project (`project_id` given: only a key of that project)."""
+        with self.sessions() as s:
+            key = s.get(ApiKey, key_id)
+            project = s.get(Project, key.project_id) if key is not None else None
+        if key is None or project is None or project_id not in (None, key.project_id):
+            raise NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
+        return key, project
+
     def revoke(self, key_id: int, project_id: int | None = None) -> ApiKey:
         with self.sessions.begin() as s:
             q = select(ApiKey).where(ApiKey.id == key_id)
@@ -207,7 +216,7 @@ class KeyService:
             project_id=key.project_id,
             role=key.role,
             models=frozenset(key.models) if key.models is not None else None,
-            limits=limits_from(key.rate_limit, key.burst, key.quota, project),
+            limits=effective_limits(key, project)[0],
             expires_at=_aware(key.expires_at) if key.expires_at is not None else None,
         )
         self._cache.put(key.secret_hash, principal, CACHE_TTL_S)
@@ -245,6 +254,37 @@ def check_limits(rate_limit: float | None, burst: int | None, quota: dict[str, i
             raise ValidationFailed(f"unknown quota {kind!r}; use {', '.join(QUOTA_KINDS)}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValidationFailed(f"quota {kind!r} must be a whole number from 0")
+
+
+def effective_limits(key: Any, project: Any) -> tuple[Limits, dict[str, str]]:
+    """The limits a key runs under and where each comes from ("key", "project", or "key
+    rate" / "project rate" for a burst defaulted from that rate).
+
+    Unset fields fall back to the project's defaults, except the burst of a key that sets its
+    own rate: that defaults from the key's rate, so `--rate-limit 5` is not a burst of 40
+    because the project allows 40 at its own, higher rate.
+    """
+    p_rate, p_burst = getattr(project, "rate_limit", None), getattr(project, "burst", None)
+    sources: dict[str, str] = {}
+    rate, burst = key.rate_limit, key.burst
+    if rate is not None:
+        sources["rate"] = "key"
+    elif p_rate is not None:
+        rate, sources["rate"] = p_rate, "project"
+    if burst is not None:
+        sources["burst"] = "key"
+    elif key.rate_limit is not None:
+        burst, sources["burst"] = default_burst(key.rate_limit), "key rate"
+    elif p_burst is not None:
+        burst, sources["burst"] = p_burst, "project"
+    elif p_rate is not None:
+        burst, sources["burst"] = default_burst(p_rate), "project rate"
+    quota: dict[str, int] = {}
+    for origin, given in (("project", getattr(project, "quota", None)), ("key", key.quota)):
+        for kind, value in (given or {}).items():
+            if kind in QUOTA_KINDS and value is not None:
+                quota[kind], sources[f"quota.{kind}"] = int(value), origin
+    return Limits(rate=rate, burst=burst, quota=quota), sources
 
 
 def _aware(dt: datetime) -> datetime:

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from modelworks.errors import TooManyRequests
 
@@ -173,7 +173,7 @@ class Limiter:
         """Count one request against the key's rate limit; 429 with Retry-After when over."""
         if limits.rate is None or limits.rate <= 0:
             return
-        burst = max(1, limits.burst or math.ceil(limits.rate))
+        burst = limits.burst or default_burst(limits.rate)
         wait = await self.backend.take(f"key:{key_id}", limits.rate, burst)
         if wait > 0:
             raise TooManyRequests(
@@ -203,17 +203,9 @@ class Limiter:
         await self.backend.close()
 
 
-def limits_from(key_rate: Any, key_burst: Any, key_quota: Any, project: Any) -> Limits:
-    """A key's own limits, falling back to its project's defaults field by field."""
-    p_rate = getattr(project, "rate_limit", None)
-    p_burst = getattr(project, "burst", None)
-    p_quota = getattr(project, "quota", None) or {}
-    quota = {**p_quota, **(key_quota or {})}
-    return Limits(
-        rate=key_rate if key_rate is not None else p_rate,
-        burst=key_burst if key_burst is not None else p_burst,
-        quota={k: int(v) for k, v in quota.items() if k in QUOTA_KINDS and v is not None},
-    )
+def default_burst(rate: float) -> int:
+    """The burst of a rate set without one: a second's worth."""
+    return max(1, math.ceil(rate))
 
 
 class FailureThrottle:

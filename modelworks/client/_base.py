@@ -7,6 +7,9 @@ Every endpoint is written once, as a `Call` (method, path, body, how to read the
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from modelworks.errors import ModelworksError, error_from_envelope
+from modelworks.errors import Conflict, ModelworksError, ValidationFailed, error_from_envelope
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -38,7 +41,20 @@ class Call:
     data: Mapping[str, Any] | None = None
     timeout: httpx.Timeout | None = None
     parse: Callable[[Any], Any] = field(default=lambda body: body)
+    # blocking work before sending (zipping a folder): the async client runs it in a thread
+    prepare: Callable[[], None] | None = None
+    # an error answer's second chance: return a result (or a call's result), or raise
+    recover: Callable[[ModelworksError], Any] | None = None
     on_done: Callable[[], None] | None = None
+
+    def answer(self, response: httpx.Response) -> Any:
+        try:
+            body = raise_for(response)
+        except ModelworksError as exc:
+            if self.recover is None:
+                raise
+            return self.recover(exc)
+        return self.parse(body)
 
 
 def _seg(value: str | int) -> str:
@@ -46,29 +62,85 @@ def _seg(value: str | int) -> str:
 
 
 class _ProgressFile:
-    """A file wrapper that reports bytes read, so uploads can show a progress bar."""
+    """The file to upload, opened by `open()`, reporting bytes read so uploads can show a
+    progress bar. A folder is zipped to a temporary file first (see `zip_folder`)."""
 
     def __init__(self, path: Path, progress: Progress | None) -> None:
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed by Call.on_done
-        self.total = path.stat().st_size
-        self.sent = 0
+        self.path = path
+        self.name = f"{path.name}.zip" if path.is_dir() else path.name
         self.progress = progress
+        self.total = self.sent = 0
+        self._fh: Any = None
+        self._zipped: Path | None = None
+
+    def open(self) -> None:
+        source = self.path
+        if source.is_dir():
+            fd, name = tempfile.mkstemp(prefix="modelworks-", suffix=".zip")
+            os.close(fd)
+            self._zipped = source = Path(name)
+            zip_folder(self.path, source)
+        self._fh = open(source, "rb")  # noqa: SIM115 - closed by Call.on_done
+        self.total = os.fstat(self._fh.fileno()).st_size
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._fh.read(size)
+        chunk: bytes = self._fh.read(size)
         self.sent += len(chunk)
         if self.progress is not None:
             self.progress(self.sent, self.total)
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._fh.seek(offset, whence)
+        return int(self._fh.seek(offset, whence))
 
     def tell(self) -> int:
-        return self._fh.tell()
+        return int(self._fh.tell())
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+        if self._zipped is not None:
+            self._zipped.unlink(missing_ok=True)
+
+
+def folder_files(folder: Path) -> list[tuple[Path, str]]:
+    """(file, name in the archive) for the regular files under `folder`, hidden ones left out.
+
+    A symlink is followed only when it stays inside the folder: one pointing out of it could
+    upload anything the user can read (an SSH key, a whole cache), so it is refused.
+    """
+    root = folder.resolve()
+    found: list[tuple[Path, str]] = []
+    for top, dirs, files in os.walk(root):  # never descends into symlinked folders
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for entry in [*dirs, *sorted(f for f in files if not f.startswith("."))]:
+            path = Path(top, entry)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    raise ValidationFailed(
+                        f"{folder / rel} is a symlink to {target}, outside the folder; "
+                        "copy the folder with its links resolved (cp -rL, or "
+                        "snapshot_download(local_dir=...)) and push the copy"
+                    )
+                if not target.is_file():
+                    continue  # a folder's files are zipped where they really are
+            if entry in files and stat.S_ISREG(os.stat(path).st_mode):
+                found.append((path, rel))
+    return found
+
+
+def zip_folder(folder: Path, out: Path) -> Path:
+    """Zip a model folder (e.g. a Hugging Face `save_pretrained` folder) file by file."""
+    files = folder_files(folder)
+    if not files:
+        raise ValidationFailed(f"{folder} holds no files to upload")
+    # stored, not deflated: weights barely compress and the server unpacks either
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for path, rel in files:
+            zf.write(path, rel)
+    return out
 
 
 class Endpoints:
@@ -97,10 +169,31 @@ class Endpoints:
         task: str = "tensor",
         description: str = "",
         tags: Mapping[str, str] | None = None,
+        exist_ok: bool = False,
     ) -> Any:
-        """Create an empty model; push versions into it with `push`."""
+        """Create an empty model; push versions into it with `push`.
+
+        With `exist_ok` (as in `os.makedirs`) an existing model of the same task is returned
+        as it is, so a script may run twice; one of another task is still a `Conflict`.
+        """
         body = {"name": name, "task": task, "description": description, "tags": dict(tags or {})}
-        return self._execute(Call("POST", "/api/v1/models", json=body))
+
+        def existing(exc: ModelworksError) -> Any:
+            if not (exist_ok and isinstance(exc, Conflict)):
+                raise exc
+
+            def same_task(model: dict[str, Any]) -> Any:
+                if model["task"] != task:
+                    raise Conflict(
+                        f"model {name!r} exists with task {model['task']!r}, not {task!r}; "
+                        "pick another name, or change its task with update_model",
+                        details={"model": name, "task": model["task"]},
+                    )
+                return model
+
+            return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}", parse=same_task))
+
+        return self._execute(Call("POST", "/api/v1/models", json=body, recover=existing))
 
     def get_model(self, name: str) -> Any:
         """A model with its versions (`version_list`) and aliases."""
@@ -139,15 +232,21 @@ class Endpoints:
         description: str = "",
         progress: Progress | None = None,
     ) -> Any:
-        """Upload a model file (ONNX) as the model's next version; returns the version."""
+        """Upload a model as the model's next version; returns the version.
+
+        `path` is an ONNX file, a .zip / .tar.gz of a Hugging Face folder, or such a folder
+        itself: it is zipped to a temporary file first (regular files; no hidden files, no
+        symlinks out of the folder). `progress(sent, total)` follows the upload.
+        """
         wrapped = _ProgressFile(Path(path), progress)
         return self._execute(
             Call(
                 "POST",
                 f"/api/v1/models/{_seg(name)}/versions",
-                files={"file": (Path(path).name, wrapped, "application/octet-stream")},
+                files={"file": (wrapped.name, wrapped, "application/octet-stream")},
                 data={"description": description} if description else None,
                 timeout=UPLOAD_TIMEOUT,
+                prepare=wrapped.open,
                 on_done=wrapped.close,
             )
         )
@@ -205,6 +304,11 @@ class Endpoints:
 
     def list_keys(self) -> Any:
         return self._execute(Call("GET", "/api/v1/keys"))
+
+    def get_key(self, key_id: int) -> Any:
+        """A key with the limits it runs under (`limits`: rate_limit, burst, quota, and
+        `sources` saying whether each is the key's own or its project's default)."""
+        return self._execute(Call("GET", f"/api/v1/keys/{int(key_id)}"))
 
     def revoke_key(self, key_id: int) -> Any:
         """Revoke a key; it stops working at once."""

@@ -6,6 +6,7 @@ import inspect
 from types import TracebackType
 from typing import Any
 
+import anyio
 import httpx
 
 from modelworks import __version__
@@ -13,7 +14,6 @@ from modelworks.client._base import (
     DEFAULT_TIMEOUT,
     Call,
     Endpoints,
-    raise_for,
     resolve_config,
     unreachable,
 )
@@ -56,13 +56,15 @@ class Client(Endpoints):
 
     def _execute(self, call: Call) -> Any:
         try:
+            if call.prepare is not None:
+                call.prepare()
             response = self._http.request(call.method, call.path, **_kwargs(call))
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from None
         finally:
             if call.on_done is not None:
                 call.on_done()
-        return call.parse(raise_for(response))
+        return call.answer(response)
 
     def close(self) -> None:
         self._http.close()
@@ -98,13 +100,15 @@ class AsyncClient(Endpoints):
 
     async def _run(self, call: Call) -> Any:
         try:
+            if call.prepare is not None:
+                await anyio.to_thread.run_sync(call.prepare)
             response = await self._http.request(call.method, call.path, **_kwargs(call))
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from None
         finally:
             if call.on_done is not None:
                 call.on_done()
-        result = call.parse(raise_for(response))
+        result = call.answer(response)
         if inspect.isawaitable(result):
             result = await result
         return result

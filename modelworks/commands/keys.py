@@ -1,12 +1,14 @@
-"""`modelworks keys …`: create (with allowlist, limits, quotas), list, revoke, bootstrap."""
+"""`modelworks keys …`: create (with allowlist, limits, quotas), list, show, revoke,
+bootstrap."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from modelworks.commands.common import (
     Burst,
@@ -20,6 +22,7 @@ from modelworks.commands.common import (
     client,
     emit_json,
     err,
+    fail,
     handled,
     out,
     quota_of,
@@ -90,6 +93,7 @@ def keys_bootstrap(
         from modelworks.registry.projects import DEFAULT_PROJECT, ProjectService
 
         settings = settings_from(home=home, database_url=database_url)
+        _require_server_database(settings)
         upgrade(settings.resolved_database_url)
         engine = make_engine(settings.resolved_database_url)
         try:
@@ -105,6 +109,89 @@ def keys_bootstrap(
             engine.dispose()
         err.print(f"created admin key {key.id} ({key.prefix}…); the secret, shown once:")
         print(secret)
+
+
+def _require_server_database(settings: Any) -> None:
+    """Refuse a database no server has used: a key minted in a fresh one (a new
+    ~/.modelworks, say) would be rejected by the running server, with no hint why."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from modelworks.db import current_revision
+
+    url = make_url(settings.resolved_database_url)
+    where = (
+        "point MODELWORKS_DATABASE_URL (or --database-url) at the server's database"
+        if settings.database_url
+        else "set MODELWORKS_HOME (or pass --home) to the folder `modelworks serve` uses"
+    )
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "")
+        if not url.database or url.database == ":memory:" or not path.is_file():
+            fail(f"no Modelworks database at {path}, so no server uses it; {where}")
+        return  # the file exists: migrations below bring it up to date
+    try:
+        revision = current_revision(settings.resolved_database_url)
+    except SQLAlchemyError as exc:
+        fail(f"cannot open the database at {url} ({type(exc).__name__}); {where}")
+    if revision is None:
+        fail(f"the database at {url} has no Modelworks tables, so no server uses it; {where}")
+
+
+@keys_app.command("show")
+def keys_show(
+    key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show a key and the limits it runs under: its own, else its project's defaults."""
+    with handled():
+        k = client(url, api_key).get_key(key_id)
+        if as_json:
+            emit_json(k)
+            return
+        models = ", ".join(k["models"]) if k["models"] is not None else "all"
+        if k["revoked_at"]:
+            state = f"revoked {k['revoked_at']}"
+        else:
+            state = f"expires {k['expires_at']}" if k["expires_at"] else "never expires"
+        out.print(
+            Text.assemble(
+                (f"key {k['id']}", "bold"),
+                f" ({k['prefix']}…) {k['name']!r}\n" if k["name"] else f" ({k['prefix']}…)\n",
+                f"{k['role']} in project {k['project']}; models: {models}; {state}",
+            )
+        )
+        out.print(_limits_table(k["limits"]))
+
+
+_FROM = {
+    "key": "key",
+    "project": "project default",
+    "key rate": "key's rate (1 s of it; no burst set)",
+    "project rate": "project's rate (1 s of it; no burst set)",
+}
+
+
+def _limits_table(limits: dict[str, Any]) -> Table:
+    sources = limits["sources"]
+    t = Table("limit", "value", "from")
+    rate = limits["rate_limit"]
+    t.add_row(
+        "rate", f"{rate:g} requests/s" if rate is not None else "none", _from(sources, "rate")
+    )
+    if rate is None:
+        t.add_row("burst", "-", "no rate limit")
+    else:
+        t.add_row("burst", str(limits["burst"]), _from(sources, "burst"))
+    for kind in ("requests", "items", "tokens"):
+        value = limits["quota"].get(kind)
+        shown = f"{value} per UTC day" if value is not None else "none"
+        t.add_row(f"quota {kind}", shown, _from(sources, f"quota.{kind}"))
+    return t
+
+
+def _from(sources: dict[str, str], name: str) -> str:
+    source = sources.get(name)
+    return _FROM.get(source, source) if source else "-"
 
 
 @keys_app.command("list")
