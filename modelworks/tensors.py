@@ -1,6 +1,12 @@
 """Tensors as the Open Inference Protocol names them: datatypes, JSON decoding, validation.
 
 Element counts are computed with Python integers and capped before anything is allocated.
+
+BYTES elements are carried as the exact bytes received, but every runtime here takes them as
+text: ONNX Runtime's Python binding holds string tensors as UTF-8 `str` (it `str()`s a `bytes`
+element, cuts an `S` element at its first NUL, and decodes string outputs as strict UTF-8), and
+text models tokenize. So BYTES inputs must be UTF-8, and anything else is refused with a 400
+(`as_text`) rather than changed.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int
             for i, item in enumerate(flat):
                 if not isinstance(item, str):
                     raise InvalidInput(f"input {name!r}: BYTES elements must be strings")
-                arr[i] = item.encode()
+                arr[i] = encode_text(name, i, item)
         elif datatype == "BOOL":
             if not all(isinstance(x, bool) for x in flat):
                 raise InvalidInput(f"input {name!r}: BOOL elements must be true or false")
@@ -105,6 +111,37 @@ def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int
             f"input {name!r}: data does not fit datatype {datatype} ({exc})"
         ) from None
     return arr.reshape(shape)
+
+
+def encode_text(name: str, i: int, text: str) -> bytes:
+    """A JSON string as UTF-8; a lone surrogate (`"\\ud800"`) has no UTF-8 form."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"BYTES element {i} of input {name!r} is not valid Unicode text (a lone surrogate "
+            f"at character {exc.start}); send UTF-8 text"
+        ) from None
+
+
+def as_text(name: str, arr: np.ndarray) -> list[str]:
+    """The elements of a BYTES tensor as text, or a 400 naming the first that is not UTF-8."""
+    out: list[str] = []
+    for i, x in enumerate(arr.reshape(-1)):
+        if isinstance(x, bytes):
+            try:
+                out.append(x.decode())
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"BYTES element {i} of input {name!r} is not UTF-8 ({exc.reason} at byte "
+                    f"{exc.start}); this model takes text, and its runtime carries only UTF-8: "
+                    "send UTF-8 text (encode binary data, e.g. as base64, before sending it)"
+                ) from None
+        else:
+            text = str(x)
+            encode_text(name, i, text)
+            out.append(text)
+    return out
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -157,6 +194,8 @@ def check_against_signature(signature: dict[str, Any], feeds: dict[str, np.ndarr
                 f"(-1 = any size; signature: {described})",
                 details={"inputs": list(expected.values())},
             )
+        if got == "BYTES":
+            as_text(name, arr)  # checked here: in the runtime it would fail the whole batch
 
 
 def from_binary(name: str, datatype: Any, shape: Any, blob: bytes, max_elements: int) -> np.ndarray:

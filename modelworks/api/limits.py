@@ -12,6 +12,7 @@ to the inflated bytes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -33,6 +34,7 @@ MAX_JSON_DEPTH = 64
 INFERENCE_PREFIXES = ("/v2/", "/v1/", "/models/")
 _UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+_BIG_EXPONENT = re.compile(rb"[eE][+-]?0*[0-9]{3}")
 # what `curl -d` and bare clients send with a JSON body; read as JSON on the management API
 JSON_ALIKE = (b"", b"application/x-www-form-urlencoded", b"text/plain")
 
@@ -70,12 +72,22 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
     def reject(token: str) -> Any:
         raise BadRequest(f"{token} is not a valid JSON number; send finite numbers only")
 
+    # a literal past float64's range (1e400) parses as Infinity: refuse it, as TF-Serving does;
+    # the per-number check runs only when such an exponent is there (it is slow on big tensors)
+    exact = float if _BIG_EXPONENT.search(body) is None else _in_range
     try:
         if allow_nan:
-            return json.loads(body)
-        return json.loads(body, parse_constant=reject)
+            return json.loads(body, parse_float=exact)
+        return json.loads(body, parse_constant=reject, parse_float=exact)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BadRequest("the request body is not valid JSON") from None
+
+
+def _in_range(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadRequest(f"{text} is beyond the range of a 64-bit float; send a smaller number")
+    return value
 
 
 def cap_for(path: str, method: str, settings: Settings) -> int | None:

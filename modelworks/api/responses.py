@@ -2,7 +2,8 @@
 
 Non-finite floats have no JSON form; where a model's output overflows, the slower encoder
 writes NaN/Infinity tokens (as TF-Serving does; Python's json and tritonclient read them)
-rather than losing the values.
+rather than losing the values. BYTES elements are written as JSON strings, so they must be
+UTF-8: other bytes have no JSON form, and the binary tensor extension carries them exactly.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import numpy as np
 import orjson
 from starlette.responses import Response
 
+from modelworks.errors import BadRequest
+
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def json_data(arr: np.ndarray) -> Any:
-    """What to put in a JSON body for a tensor: the flat array itself when orjson can write
-    it exactly, else a list."""
+def json_data(arr: np.ndarray, name: str = "") -> Any:
+    """What to put in a JSON body for tensor `name`: the flat array itself when orjson can
+    write it exactly, else a list."""
     if arr.dtype.kind in "biu" or (arr.dtype.kind == "f" and arr.dtype != np.float16):
         flat = np.ascontiguousarray(arr.reshape(-1))
         if arr.dtype.kind != "f" or np.isfinite(flat).all():
@@ -27,7 +30,20 @@ def json_data(arr: np.ndarray) -> Any:
         return NonFinite(flat.tolist())  # orjson would write null: use the token encoder
     if arr.dtype == np.float16:
         return arr.reshape(-1).astype(np.float32).tolist()
-    return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+    return [_text(name, i, x) for i, x in enumerate(arr.reshape(-1))]
+
+
+def _text(name: str, i: int, x: Any) -> str:
+    if not isinstance(x, bytes):
+        return str(x)
+    try:
+        return x.decode()
+    except UnicodeDecodeError:
+        shown = f"output {name!r}" if name else "a BYTES output"
+        raise BadRequest(
+            f"element {i} of {shown} is bytes that are not UTF-8, which JSON cannot carry; "
+            "request it with the binary tensor extension (parameters: binary_data: true)"
+        ) from None
 
 
 def dumps(content: Any) -> bytes:

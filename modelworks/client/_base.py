@@ -18,7 +18,13 @@ from urllib.parse import quote
 
 import httpx
 
-from modelworks.errors import Conflict, ModelworksError, ValidationFailed, error_from_envelope
+from modelworks.errors import (
+    Conflict,
+    InvalidInput,
+    ModelworksError,
+    ValidationFailed,
+    error_from_envelope,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -421,6 +427,20 @@ class Endpoints:
         )
 
 
+def _texts(name: str, arr: Any) -> list[str]:
+    """BYTES elements as JSON strings: text only (the server refuses what is not UTF-8)."""
+    out = []
+    for i, x in enumerate(arr.reshape(-1)):
+        try:
+            out.append(x.decode() if isinstance(x, bytes) else str(x))
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"BYTES element {i} of input {name!r} is not UTF-8 text; models take text: "
+                "decode it first, or send base64 text"
+            ) from None
+    return out
+
+
 def encode_infer(
     inputs: Mapping[str, Any], outputs: list[str] | None, signature: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -439,11 +459,7 @@ def encode_infer(
         else:
             arr = np.asarray(value)
         datatype = datatype_of(arr)
-        data = (
-            [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
-            if datatype == "BYTES"
-            else arr.reshape(-1).tolist()
-        )
+        data = _texts(name, arr) if datatype == "BYTES" else arr.reshape(-1).tolist()
         items.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data})
     body: dict[str, Any] = {"inputs": items}
     if outputs:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from modelworks.tensors import as_text
+
 
 def providers() -> list[str]:
     import onnxruntime as ort
@@ -52,15 +54,13 @@ class OnnxModel:
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         names = outputs or self.output_names
-        # ONNX Runtime wants str elements in string tensors (bytes would be str()-ed)
-        feeds = {k: _as_text(v) if v.dtype == np.object_ else v for k, v in feeds.items()}
+        # ONNX Runtime wants str elements in string tensors: it str()s bytes elements and
+        # cuts `S` elements at a NUL; UTF-8 text (NULs included) goes through exactly
+        feeds = {k: _as_text(k, v) if v.dtype.kind in "OS" else v for k, v in feeds.items()}
         results = self.session.run(names, feeds)
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
 
-def _as_text(arr: np.ndarray) -> np.ndarray:
-    flat = [
-        x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
-        for x in arr.reshape(-1)
-    ]
-    return np.array(flat, dtype=np.object_).reshape(arr.shape)
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    # bytes that are not UTF-8 are a 400 (check_against_signature refuses them earlier)
+    return np.array(as_text(name, arr), dtype=np.object_).reshape(arr.shape)

@@ -12,8 +12,9 @@ Errors are `{"error": "<message>"}`. `signature_name` may be left out or be `ser
 `tensorflow/serving/classify` or `tensorflow/serving/regress`.
 
 The bodies (`:predict`'s row and columnar formats, the examples and results of `:classify` and
-`:regress`, `{"b64": ...}` strings, `NaN`) are decoded and encoded by `tfserving_codec`, whose
-docstring describes them.
+`:regress`, `{"b64": ...}` strings, `NaN`/`Infinity` tokens in inputs and outputs) are decoded and
+encoded by `tfserving_codec`, whose docstring describes them. Only these routes take the tokens:
+the other protocols' JSON is strict.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def _decode_call(
 def _load(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise BadRequest("JSON Parse error: The document is empty")
-    req = loads(body, allow_nan=True)  # NaN/Infinity parse (as in TF-Serving); inputs refuse them
+    req = loads(body, allow_nan=True)  # NaN/±Infinity are data here, as in TF-Serving
     if not isinstance(req, dict):
         raise BadRequest("the request body must be a JSON object")
     return req

@@ -3,9 +3,12 @@ into numpy feeds for a model's inputs, and the model's outputs back into TF-Serv
 bodies. Pure functions of the body, the resolved `Target` and the outputs; the routes in
 `tfserving` resolve the model, read the body, check `signature_name` and run the model.
 
-Floats may be `NaN`/`Infinity` tokens in responses (a model's output can overflow), but inputs
-must be finite numbers. Binary strings are `{"b64": "..."}` both ways: BYTES outputs that are not
-UTF-8 (or whose name ends in `_bytes`, as in TF-Serving) come back in that form.
+Floats may be `NaN`, `Infinity` and `-Infinity` tokens both ways, as in TensorFlow Serving (a
+missing sensor value is data; a model's output can overflow); a finite number too big for the
+input's dtype (1e39 for DT_FLOAT) is still refused, as TF-Serving refuses lossy decimals. Binary
+strings are `{"b64": "..."}` both ways: BYTES outputs that are not UTF-8 (or whose name ends in
+`_bytes`, as in TF-Serving) come back in that form. BYTES inputs reach the model as the bytes
+sent, and must be UTF-8 text (see `modelworks.tensors`).
 
 `:predict` takes the row format (`{"instances": [...]}` -> `{"predictions": [...]}`; with one
 input each instance is that input's row, with several each is an object `{input: row}`) or the
@@ -40,7 +43,7 @@ import numpy as np
 
 from modelworks.errors import BadRequest, InvalidInput
 from modelworks.serving.target import Target
-from modelworks.tensors import NUMPY_TYPES, element_count
+from modelworks.tensors import NUMPY_TYPES, element_count, encode_text
 
 TF_DTYPES = {
     "BOOL": "DT_BOOL",
@@ -202,7 +205,7 @@ def _array(
         if datatype == "BYTES":
             arr = np.empty(count, dtype=np.object_)
             for i, item in enumerate(flat):
-                arr[i] = _to_bytes(name, item)
+                arr[i] = _to_bytes(name, i, item)
         elif datatype == "BOOL":
             if not all(isinstance(x, bool) for x in flat):
                 raise InvalidInput(f"input {name!r}: DT_BOOL values must be true or false")
@@ -220,17 +223,17 @@ def _array(
         else:
             if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
                 raise InvalidInput(f"input {name!r}: {TF_DTYPES[datatype]} values must be numbers")
-            if not all(math.isfinite(x) for x in flat if isinstance(x, float)):
-                raise InvalidInput(
-                    f"input {name!r}: NaN and Infinity are not accepted as input; "
-                    "send finite numbers only"
-                )
+            sent = np.array(flat, dtype=np.float64)
             with np.errstate(over="ignore"):
-                arr = np.array(flat, dtype=dtype)
-            if not np.isfinite(arr).all():
+                arr = sent.astype(dtype)
+            # NaN and ±Infinity are data (TF-Serving takes them); a finite value is not
+            # allowed to become one by overflowing the dtype
+            lost = np.flatnonzero(np.isfinite(sent) & ~np.isfinite(arr))
+            if lost.size:
                 raise InvalidInput(
-                    f"input {name!r}: values must be finite numbers that fit "
-                    f"{TF_DTYPES[datatype]}" + (" (at most ±3.4e38)" if datatype == "FP32" else "")
+                    f"input {name!r}: {flat[lost[0]]} does not fit {TF_DTYPES[datatype]} "
+                    f"(at most ±{float(np.finfo(dtype).max):.4g}); send a smaller number, or "
+                    "the token Infinity for an infinite value"
                 )
     except (OverflowError, ValueError, TypeError) as exc:
         raise InvalidInput(
@@ -239,9 +242,9 @@ def _array(
     return arr.reshape(shape)
 
 
-def _to_bytes(name: str, item: Any) -> bytes:
+def _to_bytes(name: str, i: int, item: Any) -> bytes:
     if isinstance(item, str):
-        return item.encode()
+        return encode_text(name, i, item)
     if _is_b64(item) and isinstance(item["b64"], str):
         try:
             return base64.b64decode(item["b64"], validate=True)

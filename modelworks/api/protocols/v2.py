@@ -214,7 +214,7 @@ async def infer(
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = json_data(arr)
+            out["data"] = json_data(arr, name)
         outputs.append(out)
     head["outputs"] = outputs
     if not blobs:
