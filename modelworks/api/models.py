@@ -72,8 +72,9 @@ def list_models(request: Request, p: Principal = Depends(require("read"))) -> li
 
 @router.get("/models/{name}", response_model=ModelDetail)
 def get_model(name: str, request: Request, p: Principal = Depends(require("read"))) -> ModelDetail:
+    svc = services(request)
     p.check_model(name)
-    return ModelDetail.detail(services(request).registry.get_model(p.project_id, name))
+    return ModelDetail.detail(svc.registry.get_model(p.project_id, name), svc.pool.status)
 
 
 @router.patch("/models/{name}", response_model=ModelOut)
@@ -150,8 +151,11 @@ async def upload_version(
 def list_versions(
     name: str, request: Request, p: Principal = Depends(require("read"))
 ) -> list[VersionOut]:
+    svc = services(request)
     p.check_model(name)
-    return ModelDetail.detail(services(request).registry.get_model(p.project_id, name)).version_list
+    return ModelDetail.detail(
+        svc.registry.get_model(p.project_id, name), svc.pool.status
+    ).version_list
 
 
 @router.get("/models/{name}/versions/{version}", response_model=VersionOut)
@@ -166,7 +170,7 @@ def get_version(
     v = svc.registry.get_version(p.project_id, name, version)
     m = svc.registry.get_model(p.project_id, name)
     aliases = sorted(a.name for a in m.aliases if a.version_id == v.id)
-    return VersionOut.of(name, v, aliases)
+    return VersionOut.of(name, v, aliases, svc.pool.status)
 
 
 @router.put("/models/{name}/aliases/{alias}", response_model=AliasOut)

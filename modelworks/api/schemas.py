@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,6 +20,17 @@ def _utc(value: datetime | None) -> datetime | None:
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 OptionalTimestamp = Annotated[datetime | None, AfterValidator(_utc)]
+# serving digest -> (load status, reason) in this server's model pool
+LoadStatus = Callable[[str], tuple[str, str]]
+
+
+def _unloaded(digest: str) -> tuple[str, str]:
+    return "unloaded", ""
+
+
+def serving_digest(v: ModelVersion) -> str:
+    """The artifact the runtime loads: the ONNX export when there is one."""
+    return str(((v.artifacts or {}).get("onnx") or {}).get("digest", v.digest))
 
 
 class ModelCreate(BaseModel):
@@ -133,9 +145,22 @@ class VersionOut(BaseModel):
     status_reason: str = ""
     artifacts: dict[str, Any] = {}
     aliases: list[str] = []
+    load_status: str = Field(
+        "unloaded", description="This server's copy: unloaded, loading, ready or failed."
+    )
+    load_reason: str = Field(
+        "", description="Why it failed to load; or, when ready, a warm-up that failed."
+    )
 
     @classmethod
-    def of(cls, model_name: str, v: ModelVersion, aliases: list[str] | None = None) -> VersionOut:
+    def of(
+        cls,
+        model_name: str,
+        v: ModelVersion,
+        aliases: list[str] | None = None,
+        load: LoadStatus = _unloaded,
+    ) -> VersionOut:
+        load_status, load_reason = load(serving_digest(v))
         return cls(
             model=model_name,
             version=v.version,
@@ -152,6 +177,8 @@ class VersionOut(BaseModel):
             status_reason=v.status_reason,
             artifacts=v.artifacts or {},
             aliases=aliases or [],
+            load_status=load_status,
+            load_reason=load_reason,
         )
 
 
@@ -189,7 +216,7 @@ class ModelDetail(ModelOut):
     version_list: list[VersionOut]
 
     @classmethod
-    def detail(cls, m: Model) -> ModelDetail:
+    def detail(cls, m: Model, load: LoadStatus = _unloaded) -> ModelDetail:
         base = ModelOut.of(m)
         by_version: dict[int, list[str]] = {}
         for alias, version in base.aliases.items():
@@ -197,7 +224,8 @@ class ModelDetail(ModelOut):
         return cls(
             **base.model_dump(),
             version_list=[
-                VersionOut.of(m.name, v, sorted(by_version.get(v.version, []))) for v in m.versions
+                VersionOut.of(m.name, v, sorted(by_version.get(v.version, [])), load)
+                for v in m.versions
             ],
         )
 

@@ -148,6 +148,9 @@ def _versions_view(versions: list[dict[str, Any]], wide: bool) -> Group:
             ]
         )
         lines = [Text(v["status_reason"], style="red")] if v.get("status_reason") else []
+        if v.get("load_reason"):  # a failed load, or a served model whose warm-up failed
+            style = "yellow" if v.get("load_status") == "ready" else "red"
+            lines.append(Text(f"{v['load_status']}: {v['load_reason']}", style=style))
         if v["description"]:
             lines.append(Text(v["description"]))
         if v["aliases"]:

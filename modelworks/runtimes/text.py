@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelworks.errors import ServiceUnavailable
+from modelworks.tensors import as_text
 
 if TYPE_CHECKING:
     from modelworks.serving.target import Target
@@ -130,10 +131,7 @@ class TextModel:
     def predict(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
-        texts = [
-            x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
-            for x in feeds["text"].reshape(-1)
-        ]
+        texts = as_text("text", feeds["text"])  # tokenizers take text: not UTF-8 is a 400
         enc = self.tokenize(texts)
         mask = enc["attention_mask"]
         tokens = mask.sum(axis=1).astype(np.int64)
@@ -144,7 +142,13 @@ class TextModel:
             probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
             labels = self.cfg.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
             best = np.array([labels[i].encode() for i in probs.argmax(axis=1)], dtype=np.object_)
-            return {"probabilities": probs.astype(np.float32), "label": best, "_tokens": tokens}
+            # the logits too: a caller may ask for a sigmoid or the raw scores instead
+            return {
+                "probabilities": probs.astype(np.float32),
+                "label": best,
+                "_logits": logits,
+                "_tokens": tokens,
+            }
         emb = pool(hidden, mask, self.cfg.pooling)
         if self.cfg.normalize:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,12 @@ from modelworks.tensors import NUMPY_TYPES
 
 log = logging.getLogger("modelworks.serving")
 RETRY_FAILED_S = 10.0  # a model that failed to load is retried at most this often
+WARMUP_MAX_ELEMENTS = 1 << 22  # a larger warm-up input is skipped, not allocated
+WARMUP_TEXT = b"0"  # text that also casts to a number (string models often parse numbers)
+REASON_CHARS = 300
+# an absolute path (POSIX, home-relative or Windows) up to the next blank or quote
+_PATH = re.compile(r"(?:(?<![\w.~/])/|~/|\b[A-Za-z]:\\)[^\s'\"]*")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Entry:
     model: LoadedModel | None = None
     batcher: Batcher | None = None
     error: str | None = None
+    warmup_error: str | None = None  # the model serves; its synthetic warm-up input failed
     load_seconds: float = 0.0
     cost: int = 0
     last_used: float = 0.0
@@ -52,18 +61,37 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A generated batch-of-one input matching the signature."""
+def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """A generated batch-of-one input matching the signature; None when the declared shapes
+    are too large to allocate for a warm-up."""
+    shapes = {
+        spec["name"]: [1 if d == -1 else d for d in spec["shape"]]
+        for spec in signature.get("inputs", [])
+    }
+    if sum(int(np.prod(s, dtype=object)) for s in shapes.values()) > WARMUP_MAX_ELEMENTS:
+        return None
     feeds = {}
     for spec in signature.get("inputs", []):
-        shape = [1 if d == -1 else d for d in spec["shape"]]
+        shape = shapes[spec["name"]]
         if spec["datatype"] == "BYTES":
-            feeds[spec["name"]] = np.full(shape, b"warm up", dtype=np.object_)
+            feeds[spec["name"]] = np.full(shape, WARMUP_TEXT, dtype=np.object_)
         else:
             feeds[spec["name"]] = np.zeros(
                 shape, dtype=NUMPY_TYPES.get(spec["datatype"], np.float32)
             )
     return feeds
+
+
+def runtime_message(exc: BaseException, roots: Iterable[Path] = ()) -> str:
+    """A runtime's own error message, on one short line and without server paths (ONNX
+    Runtime names the blob it failed to read, which shows where the store lives)."""
+    if isinstance(exc, ModelworksError):
+        return exc.message
+    text = " ".join(str(exc).split())
+    for root in roots:  # first the known roots: their names may hold blanks
+        text = text.replace(str(root), "/")
+    text = _ORT_PREFIX.sub("", _PATH.sub("<path>", text)) or type(exc).__name__
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 class ModelPool:
@@ -86,6 +114,11 @@ class ModelPool:
         self.on_load: Callable[[Target, float], None] | None = None
         self.on_batch: Callable[[str, int, float], None] | None = None
         self.settle_heap = False  # the server sets it: freeze the heap after each load
+        self._roots = [
+            getattr(store, name)
+            for name in ("root", "scratch", "cache", "plain")
+            if hasattr(store, name)
+        ]
 
     def _entry(self, target: Target) -> Entry:
         with self._guard:
@@ -112,15 +145,18 @@ class ModelPool:
             started = time.perf_counter()
             try:
                 model = load(target, self.store, threads=self.threads)
-                model.predict(warmup_feeds(model.signature))
+            except ModelworksError as exc:
+                entry.error = exc.message
+            except Exception as exc:
+                log.warning("model %s:%s failed to load: %r", target.model, target.version, exc)
+                entry.error = (
+                    f"the runtime could not load this model: {runtime_message(exc, self._roots)}"
+                )
+            else:
+                entry.warmup_error = self._warm_up(target, model)
                 entry.model = model
                 entry.error = None
                 entry.cost = target.memory_estimate
-            except ModelworksError as exc:
-                entry.error = exc.message
-            except Exception as exc:  # a runtime's own message may hold server paths
-                log.warning("model %s:%s failed to load: %r", target.model, target.version, exc)
-                entry.error = f"the runtime could not load this model ({type(exc).__name__})"
             entry.load_seconds = time.perf_counter() - started
             if entry.model is None:
                 entry.failed_at = time.monotonic()
@@ -135,6 +171,22 @@ class ModelPool:
             settle_heap()
         self._enforce_budget(keep=target.digest)
         return loaded
+
+    def _warm_up(self, target: Target, model: LoadedModel) -> str | None:
+        """Run one generated input so the first request does not pay for lazy setup. Only
+        real inputs can condemn a model: a synthetic one may be refused where real ones pass
+        (text a graph casts to numbers, values a model checks), so a failure is reported."""
+        feeds = warmup_feeds(model.signature)
+        if feeds is None:
+            return f"warm-up skipped: the inputs declare more than {WARMUP_MAX_ELEMENTS} elements"
+        try:
+            model.predict(feeds)
+        except Exception as exc:
+            log.warning("model %s:%s failed its warm-up: %r", target.model, target.version, exc)
+            return "served, but its warm-up on a generated input failed: " + runtime_message(
+                exc, self._roots
+            )
+        return None
 
     def loaded(self, target: Target) -> LoadedModel | None:
         """The runtime if it is loaded already (cheap: no lock, no I/O)."""
@@ -174,16 +226,17 @@ class ModelPool:
                 entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
         return entry.batcher
 
-    def status(self, target: Target) -> tuple[str, str | None]:
-        """('ready'|'loading'|'failed'|'unloaded', reason)."""
-        entry = self._entries.get(target.digest)
+    def status(self, digest: str) -> tuple[str, str]:
+        """('ready'|'loading'|'failed'|'unloaded', reason) of the serving artifact `digest` in
+        this process: why it failed to load, or what its warm-up said when it is ready."""
+        entry = self._entries.get(digest)
         if entry is None:
-            return "unloaded", None
+            return "unloaded", ""
         if entry.model is not None:
-            return "ready", None
+            return "ready", entry.warmup_error or ""
         if entry.error is not None:
             return "failed", entry.error
-        return "loading", None
+        return "loading", ""
 
     def entries(self) -> list[Entry]:
         with self._guard:

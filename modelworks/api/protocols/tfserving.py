@@ -58,14 +58,14 @@ OFFLOAD_BYTES = 256 * 1024  # decode/encode bodies this big in a worker thread
 async def version_status(
     model: str, version: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> Response:
-    return _json(_status(await _resolve(request, p, model, version=version)))
+    return _json(_status(request, await _resolve(request, p, model, version=version)))
 
 
 @router.get("/v1/models/{model}/labels/{label}")
 async def label_status(
     model: str, label: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> Response:
-    return _json(_status(await _resolve(request, p, model, label=label)))
+    return _json(_status(request, await _resolve(request, p, model, label=label)))
 
 
 @router.get("/v1/models/{model}/metadata")
@@ -170,13 +170,22 @@ async def _resolve(
         raise BadRequest(exc.message) from None
 
 
-def _status(t: Target) -> dict[str, Any]:
+def _status(request: Request, t: Target) -> dict[str, Any]:
+    """TF-Serving's version status: a version that failed to convert or to load here is END
+    with its reason, as TF-Serving reports a servable that failed to load."""
+    loaded, reason = services(request).pool.status(t.digest)
+    state, code, message = "AVAILABLE", "OK", ""
+    if t.status == "converting":
+        state = "LOADING"
+    elif t.status == "failed" or loaded == "failed":
+        state, code = "END", "UNKNOWN"
+        message = t.status_reason if t.status == "failed" else reason
     return {
         "model_version_status": [
             {
                 "version": str(t.version),
-                "state": "LOADING" if t.status == "converting" else "AVAILABLE",
-                "status": {"error_code": "OK", "error_message": ""},
+                "state": state,
+                "status": {"error_code": code, "error_message": message},
             }
         ]
     }
