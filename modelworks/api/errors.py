@@ -30,6 +30,9 @@ OPENAI_TYPES = {
     500: "server_error",
     503: "server_error",
 }
+PREFIXES = ("/v1", "/v2")  # a path that exists under one of these suggests it on a 404
+# OpenAI endpoints a user may try: this server has none of them, only embeddings and models
+OPENAI_UNSERVED = ("/chat/completions", "/completions", "/responses")
 
 
 def error_style(path: str) -> str:
@@ -51,7 +54,36 @@ def error_style(path: str) -> str:
     return "envelope"
 
 
-def error_response(request: Request, exc: ModelworksError) -> Response:
+def _route_match(request: Request, path: str) -> int:
+    """0: no route has this path, 1: one has (another method), 2: one serves this method."""
+    probe = {"type": "http", "path": path, "root_path": "", "method": request.method}
+    return max((route.matches(probe)[0].value for route in request.app.routes), default=0)
+
+
+def missing_route(request: Request) -> tuple[str, str]:
+    """The message and error style of a 404 for an unknown path: what the caller probably
+    meant when the path exists under a protocol prefix (an OpenAI `base_url` without `/v1`
+    makes the client ask for `/embeddings`), else a plain 'no route'."""
+    path = request.url.path
+    origin = str(request.base_url).rstrip("/")
+    if path.removeprefix("/v1") in OPENAI_UNSERVED:
+        return (
+            f"no route {path!r}: this server's OpenAI API serves {origin}/v1/embeddings and "
+            "/v1/models (embeddings models), not text generation",
+            "openai",
+        )
+    if not path.startswith(PREFIXES):
+        found = [(_route_match(request, p + path), p) for p in PREFIXES]
+        match, prefix = max(found, key=lambda f: f[0])
+        if match:
+            guess = prefix + path
+            style = error_style(guess)
+            advice = f"; set base_url to {origin}{prefix}" if style == "openai" else ""
+            return f"no route {path!r}; did you mean {guess}?{advice}", style
+    return f"no route {path!r}; see /docs for the API", error_style(path)
+
+
+def error_response(request: Request, exc: ModelworksError, style: str | None = None) -> Response:
     headers = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
@@ -59,7 +91,7 @@ def error_response(request: Request, exc: ModelworksError) -> Response:
     if retry is not None:
         headers["Retry-After"] = str(retry)
     note(error=exc.code)
-    style = error_style(request.url.path)
+    style = style or error_style(request.url.path)
     if style == "string":
         body: dict[str, Any] = {"error": exc.message}
     elif style == "openai":
@@ -108,12 +140,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
         cls = ERRORS_BY_STATUS.get(exc.status_code, ModelworksError)
-        message = {
-            404: f"no route {request.url.path!r}; see /docs for the API",
-            405: f"method {request.method} is not allowed on {request.url.path!r}",
-        }.get(exc.status_code, str(exc.detail))
-        err = cls(message)
-        resp = error_response(request, err)
+        style = None
+        if exc.status_code == 404:
+            message, style = missing_route(request)
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path!r}"
+        else:
+            message = str(exc.detail)
+        resp = error_response(request, cls(message), style)
         resp.status_code = exc.status_code
         return resp
 

@@ -1,11 +1,13 @@
 """Hugging Face inference-API task calls: `POST /models/{name}` with `{"inputs": ...}`.
 
 `huggingface_hub.InferenceClient(model="http://host:8000/models/NAME", token=KEY)` works for
-`feature_extraction` (embeddings models) and `text_classification`.
+`feature_extraction` (embeddings models) and `text_classification` (with `top_k` and
+`function_to_apply`: softmax, sigmoid or none, as transformers' pipeline applies them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,42 @@ from modelworks.errors import InvalidInput
 router = APIRouter(tags=["hugging face"])
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(np.exp(-np.logaddexp(0.0, -z)))  # no overflow for large |z|
+
+
+# transformers' ClassificationFunction: a probability over labels, one per label, the logits
+SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "softmax": softmax,
+    "sigmoid": sigmoid,
+    "none": np.asarray,
+}
+
+
+def score_function(params: dict[str, Any]) -> str:
+    """`parameters.function_to_apply` as transformers' pipeline reads it (any case)."""
+    name = params.get("function_to_apply")
+    if name is None:
+        return "softmax"
+    if not isinstance(name, str) or name.lower() not in SCORES:
+        raise InvalidInput(
+            f"'parameters.function_to_apply' must be one of {', '.join(map(repr, SCORES))}"
+        )
+    return name.lower()
+
+
+def top_k(params: dict[str, Any]) -> int | None:
+    k = params.get("top_k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InvalidInput("'parameters.top_k' must be a positive integer")
+    return k
+
+
 @router.post("/models/{model}")
 async def task_call(
     model: str, request: Request, p: Principal = Depends(require("infer"))
@@ -32,16 +70,19 @@ async def task_call(
     req = load_json(await read_body(request, svc.settings.max_request_bytes))
     single = isinstance(req.get("inputs"), str)
     texts = parse_texts(req.get("inputs"), field="inputs")
-    raw = req.get("parameters")
-    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    params = req.get("parameters")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise InvalidInput("'parameters' must be an object, e.g. {\"top_k\": 2}")
     t = await svc.serving.resolve_async(p, model)
     if t.task not in ("embeddings", "text-classification"):
         raise InvalidInput(
             f"model {t.model!r} has task {t.task!r}; Hugging Face task calls serve 'embeddings' "
             "(feature extraction) and 'text-classification' models — use /v2 for tensors"
         )
-    pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
     if t.task == "embeddings":
+        pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
         emb = pred.outputs["embedding"]
         dims = params.get("dimensions")
         if dims is not None:
@@ -51,18 +92,12 @@ async def task_call(
             emb = await to_thread.run_sync(truncate, emb, dims)
         rows = emb.astype(np.float32).tolist()
         return JSONResponse(rows[0] if single else rows)
-    if t.task == "text-classification":
-        probs = pred.outputs["probabilities"]
-        labels = list(t.signature.get("labels") or [f"LABEL_{i}" for i in range(probs.shape[1])])
-        top_k = params.get("top_k")
-        k = (
-            top_k
-            if isinstance(top_k, int) and not isinstance(top_k, bool) and top_k > 0
-            else len(labels)
-        )
-        result: list[Any] = []
-        for row in probs:
-            order = np.argsort(-row)[:k]
-            result.append([{"label": labels[i], "score": float(row[i])} for i in order])
-        return JSONResponse(result)
-    raise InvalidInput(f"model {t.model!r} has task {t.task!r}")
+    scoring, k = score_function(params), top_k(params)
+    pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
+    scores = SCORES[scoring](pred.outputs["_logits"].astype(np.float64))
+    labels = list(t.signature.get("labels") or [f"LABEL_{i}" for i in range(scores.shape[1])])
+    result = [
+        [{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
+        for row in scores
+    ]
+    return JSONResponse(result)

@@ -27,6 +27,7 @@ from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
 router = APIRouter(tags=["openai"])
 MAX_INPUTS = 2048
 MAX_INPUT_BYTES = 64 * 1024
+LANGCHAIN_HINT = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
 
 
 def _created(m: Any) -> int:
@@ -78,19 +79,39 @@ def retrieve_model(
     }
 
 
-def parse_texts(value: Any, field: str = "input") -> list[str]:
+def holds_token_ids(value: Any) -> bool:
+    """`[int]` or `[[int]]`: token ids of some other model's vocabulary (tiktoken's, as
+    LangChain sends by default), which no model here can read."""
+    if not isinstance(value, list) or not value:
+        return False
+    rows = value if all(isinstance(v, list) for v in value) else [value]
+    return all(rows) and all(
+        isinstance(t, int) and not isinstance(t, bool) for row in rows for t in row
+    )
+
+
+def parse_texts(value: Any, field: str = "input", token_hint: str = "") -> list[str]:
     """A string or a list of strings, within the limits (named in the error)."""
+    if holds_token_ids(value):
+        raise InvalidInput(
+            f"'{field}' holds token ids; this server tokenizes text itself: send strings"
+            + token_hint
+        )
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise InvalidInput(
-            f"'{field}' must be a string or a list of strings (token arrays are not supported)"
-        )
+        raise InvalidInput(f"'{field}' must be a string or a list of strings")
     if not texts:
         raise InvalidInput(f"'{field}' is empty; send at least one string")
     if len(texts) > MAX_INPUTS:
         raise InvalidInput(f"'{field}' has {len(texts)} items; at most {MAX_INPUTS} per request")
     for i, t in enumerate(texts):
-        if len(t.encode()) > MAX_INPUT_BYTES:
+        try:
+            size = len(t.encode())
+        except UnicodeEncodeError:  # "\ud800" is valid JSON but no text
+            raise InvalidInput(
+                f"'{field}'[{i}] is not valid Unicode text (a lone surrogate); send UTF-8 text"
+            ) from None
+        if size > MAX_INPUT_BYTES:
             raise PayloadTooLarge(
                 f"'{field}'[{i}] is longer than {MAX_INPUT_BYTES} bytes; split the text",
                 details={"limit": MAX_INPUT_BYTES},
@@ -118,7 +139,7 @@ async def embeddings(request: Request, p: Principal = Depends(require("infer")))
     model = req.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInput("'model' is required: the name of an embeddings model (GET /v1/models)")
-    texts = parse_texts(req.get("input"))
+    texts = parse_texts(req.get("input"), token_hint=LANGCHAIN_HINT)
     fmt = req.get("encoding_format", "float") or "float"
     if fmt not in ("float", "base64"):
         raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
