@@ -72,13 +72,15 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
     def reject(token: str) -> Any:
         raise BadRequest(f"{token} is not a valid JSON number; send finite numbers only")
 
-    # a literal past float64's range (1e400) parses as Infinity: refuse it, as TF-Serving does;
-    # the per-number check runs only when such an exponent is there (it is slow on big tensors)
-    exact = float if _BIG_EXPONENT.search(body) is None else _in_range
     try:
         if allow_nan:
+            # where Infinity is a token, a literal past float64's range (1e400) must not read
+            # as one: refuse it, as TF-Serving does (elsewhere the tensor checks refuse
+            # infinities, naming the input); checked per number only when such an exponent
+            # is there, as that is slow on big tensors
+            exact = float if _BIG_EXPONENT.search(body) is None else _in_range
             return json.loads(body, parse_float=exact)
-        return json.loads(body, parse_constant=reject, parse_float=exact)
+        return json.loads(body, parse_constant=reject)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise BadRequest("the request body is not valid JSON") from None
 
@@ -110,7 +112,7 @@ def _routed(scope: Scope) -> bool:
     return any(r.matches(scope)[0] is Match.FULL for r in getattr(router, "routes", ()))
 
 
-def as_json(scope: Scope, ctype: bytes | None, body: bytes) -> Scope:
+def as_json(scope: Scope, ctype: bytes | None, body: bytes, auth: bool = True) -> Scope:
     """Management routes take JSON. A body with no Content-Type, or sent as a form or plain
     text (what `curl -d` sends), is read as JSON; another explicit type is refused."""
     media = (ctype or b"").split(b";", 1)[0].strip().lower()
@@ -118,8 +120,9 @@ def as_json(scope: Scope, ctype: bytes | None, body: bytes) -> Scope:
         return scope
     if media.startswith(b"application/") and media.endswith(b"+json"):
         return scope
-    if not _routed(scope):
-        return scope
+    keyless = auth and all(n != b"authorization" for n, _ in scope["headers"])
+    if keyless or not _routed(scope):
+        return scope  # its 401, 404 or 405 comes first
     if media not in JSON_ALIKE:
         raise UnsupportedFormat(
             f"this route takes a JSON body, not {media.decode('latin-1')}; "
@@ -206,7 +209,7 @@ class BodyLimit:
                 body = await _read_whole(receive, cap)
                 check_depth(body)
                 if path.startswith("/api/"):
-                    scope = as_json(scope, ctype, body)
+                    scope = as_json(scope, ctype, body, self.settings.auth)
             elif cap is not None and not inflate:
                 receive = _counted(receive, cap)  # Inflate counts what it inflates
         except ModelworksError as exc:

@@ -249,11 +249,16 @@ CLEAN_ENV: dict[str, str | None] = {
 
 @pytest.fixture
 def served_with(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """uvicorn.run is replaced: a test that reaches it records the call instead of serving."""
+    """uvicorn's Server.run is replaced: a test that reaches it records the server's host and
+    port instead of serving."""
     import uvicorn
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+
+    def record(server: uvicorn.Server, *args: Any, **kw: Any) -> None:
+        calls.append({"host": server.config.host, "port": server.config.port})
+
+    monkeypatch.setattr(uvicorn.Server, "run", record)
     return calls
 
 

@@ -205,6 +205,8 @@ NON_FINITE_ROUTES = [
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_non_finite_numbers_are_refused(http: httpx.Client, served: None, token: str) -> None:
     for method, path, template in NON_FINITE_ROUTES:
+        if path.startswith("/v1/models/") and token != "1e400":
+            continue  # TF-Serving's routes take NaN and Infinity tokens as data (test_tfserving)
         r = http.request(
             method, path, content=template % token, headers={"Content-Type": "application/json"}
         )
