@@ -60,3 +60,23 @@ def external_data_onnx(path: Path, location: str) -> Path:
                 entry.value = value
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def echo_strings(path: Path) -> Path:
+    """s BYTES [-1] -> s_out (same strings) and s_bytes (same strings, named like TF's b64)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["s"], ["s_out"]),
+            helper.make_node("Identity", ["s"], ["s_bytes"]),
+        ],
+        "echo",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch"])],
+        [
+            helper.make_tensor_value_info("s_out", TensorProto.STRING, ["batch"]),
+            helper.make_tensor_value_info("s_bytes", TensorProto.STRING, ["batch"]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(path))
+    return path

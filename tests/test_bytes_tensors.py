@@ -16,11 +16,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from modelworks.client import Client
@@ -29,36 +27,17 @@ from modelworks.runtimes.onnx import OnnxModel
 from modelworks.runtimes.text import TextModel
 from modelworks.tensors import check_against_signature, from_binary, to_binary
 from tests.conftest import LiveServer
+from tests.models import echo_strings
 
 RAW = b"\x00\x01\x02\xff"  # the element the third-party client sent
 TEXT = [b"a\x00b", "h\u00e9llo".encode(), b""]  # UTF-8, a NUL and an empty string included
 SIGNATURE = {"inputs": [{"name": "s", "datatype": "BYTES", "shape": [-1]}]}
 
 
-def echo_bytes(path: Path) -> Path:
-    """s BYTES [-1] -> s_out and s_bytes, both Identity (TF-Serving writes `*_bytes` as b64)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Identity", ["s"], ["s_out"]),
-            helper.make_node("Identity", ["s"], ["s_bytes"]),
-        ],
-        "echo",
-        [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch"])],
-        [
-            helper.make_tensor_value_info("s_out", TensorProto.STRING, ["batch"]),
-            helper.make_tensor_value_info("s_bytes", TensorProto.STRING, ["batch"]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
 @pytest.fixture
 def echo(client: Client, tmp_path: Path) -> str:
     client.create_model("echo")
-    client.push("echo", echo_bytes(tmp_path / "echo.onnx"))
+    client.push("echo", echo_strings(tmp_path / "echo.onnx"))
     return "echo"
 
 
@@ -85,7 +64,7 @@ def b64(raw: bytes) -> dict[str, str]:
 def test_onnx_runtime_string_tensors_hold_utf8_text(tmp_path: Path) -> None:
     """Why BYTES inputs must be UTF-8. If this fails, ONNX Runtime now carries raw bytes:
     carry them end to end instead of refusing them."""
-    s = ort.InferenceSession(str(echo_bytes(tmp_path / "e.onnx")))
+    s = ort.InferenceSession(str(echo_strings(tmp_path / "e.onnx")))
     assert s.run(["s_out"], {"s": np.array([RAW], dtype=np.object_)})[0].tolist() == [str(RAW)]
     assert s.run(["s_out"], {"s": np.array(["a\x00\u00e9"], dtype=np.object_)})[0].tolist() == [
         "a\x00\u00e9"
@@ -140,7 +119,7 @@ def test_non_utf8_bytes_are_refused_before_batching() -> None:
 
 
 def test_runtimes_refuse_non_utf8_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    onnx_model = OnnxModel(echo_bytes(tmp_path / "e.onnx"), SIGNATURE)
+    onnx_model = OnnxModel(echo_strings(tmp_path / "e.onnx"), SIGNATURE)
     out = onnx_model.predict({"s": np.array(TEXT, dtype=np.object_)})
     assert [x.encode() for x in out["s_out"].tolist()] == TEXT
     with pytest.raises(InvalidInput, match="not UTF-8"):

@@ -20,7 +20,7 @@ from modelworks.api.protocols import tfserving, tfserving_codec
 from modelworks.client import Client
 from modelworks.demo import build_demo_onnx
 from modelworks.errors import InvalidInput
-from tests.models import linear_onnx, linear_reference
+from tests.models import echo_strings, linear_onnx, linear_reference
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 4 - 1
 
@@ -92,26 +92,6 @@ def two_in_two_out(path: Path) -> Path:
         [
             helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["batch", 2]),
             helper.make_tensor_value_info("prod", TensorProto.FLOAT, ["batch", 2]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return path
-
-
-def echo_strings(path: Path) -> Path:
-    """s BYTES [-1] -> s_out (same strings) and s_bytes (same strings, named like TF's b64)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Identity", ["s"], ["s_out"]),
-            helper.make_node("Identity", ["s"], ["s_bytes"]),
-        ],
-        "echo",
-        [helper.make_tensor_value_info("s", TensorProto.STRING, ["batch"])],
-        [
-            helper.make_tensor_value_info("s_out", TensorProto.STRING, ["batch"]),
-            helper.make_tensor_value_info("s_bytes", TensorProto.STRING, ["batch"]),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -4,6 +4,7 @@ time, with the route's cap applied to the inflated bytes (tritonclient's
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any
 
@@ -124,6 +125,7 @@ class DeflateResponder(GZipResponder):
         return self._compressor
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few values again and again
 def accepted(value: bytes) -> str | None:
     """gzip or deflate, whichever `Accept-Encoding` allows (gzip first); None for neither."""
     q: dict[str, float] = {}

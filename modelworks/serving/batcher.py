@@ -44,7 +44,7 @@ class BatchSettings:
     timeout_s: float = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Duration:
     count: int = 0
     ns: int = 0
@@ -54,14 +54,14 @@ class Duration:
         self.ns += ns
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelStats:
     """Cumulative counts of one model version, in Triton's terms: an inference is a row (batch
     item), an execution one run of the model; request durations are summed per request."""
