@@ -257,23 +257,27 @@ class Batcher:
     ) -> None:
         started, stacked_at, inferred_at, ended = marks
         spans = (stacked_at - started, inferred_at - stacked_at, ended - inferred_at)
-        owners: dict[int, ModelStats] = {}
+        owners: dict[int, list[_Item]] = {}  # one, unless versions share this file
         for it in group:
-            stats = owners.setdefault(id(it.stats), it.stats)
-            stats.inference_count += it.rows
-            stats.queue.add(started - it.queued_ns)
-            # each request of a batch took the batch's time, as Triton counts it
-            stats.compute_input.add(spans[0])
-            stats.compute_infer.add(spans[1])
-            stats.compute_output.add(spans[2])
+            owners.setdefault(id(it.stats), []).append(it)
         now_ms = time.time_ns() // 1_000_000
-        for stats in owners.values():
+        for items in owners.values():
+            stats, n = items[0].stats, len(items)
+            stats.inference_count += sum(it.rows for it in items)
+            stats.queue.count += n
+            stats.queue.ns += started * n - sum(it.queued_ns for it in items)
             stats.last_inference_ms = now_ms
             stats.execution_count += executions
             batch = stats.batches.get(rows) or stats.batches.setdefault(rows, BatchStats())
-            batch.compute_input.add(spans[0])
-            batch.compute_infer.add(spans[1])
-            batch.compute_output.add(spans[2])
+            # each request of a batch took the batch's time, as Triton counts it
+            for per_request, per_batch, span in (
+                (stats.compute_input, batch.compute_input, spans[0]),
+                (stats.compute_infer, batch.compute_infer, spans[1]),
+                (stats.compute_output, batch.compute_output, spans[2]),
+            ):
+                per_request.count += n
+                per_request.ns += span * n
+                per_batch.add(span)
 
     async def close(self) -> None:
         if self._task is not None:
