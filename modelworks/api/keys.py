@@ -9,32 +9,17 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from fastapi import Path as FastPath
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.requests import Request
 
 from modelworks.api.auth import audit_action, require, scope_to
-from modelworks.api.schemas import KeyCreate, KeyCreated, KeyOut
+from modelworks.api.schemas import EffectiveLimits, KeyCreate, KeyCreated, KeyDetail, KeyOut
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal, effective_limits
 from modelworks.db.tables import Project
 from modelworks.errors import Forbidden
 
 router = APIRouter(prefix="/api/v1", tags=["keys"])
-
-
-class EffectiveLimits(BaseModel):
-    rate_limit: float | None = Field(description="Requests/s the key runs under; null: none.")
-    burst: int | None
-    quota: dict[str, int] = Field(description="Daily quotas by kind (requests, items, tokens).")
-    sources: dict[str, str] = Field(
-        description='Where each limit comes from: "key", "project", or "key rate" / '
-        '"project rate" for a burst defaulted from that rate (keys: rate, burst, quota.KIND).'
-    )
-
-
-class KeyDetail(KeyOut):
-    limits: EffectiveLimits
 
 
 def _project_names(request: Request) -> dict[int, str]:

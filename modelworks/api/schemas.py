@@ -272,6 +272,20 @@ class KeyOut(BaseModel):
         )
 
 
+class EffectiveLimits(BaseModel):
+    rate_limit: float | None = Field(description="Requests/s the key runs under; null: none.")
+    burst: int | None
+    quota: dict[str, int] = Field(description="Daily quotas by kind (requests, items, tokens).")
+    sources: dict[str, str] = Field(
+        description='Where each limit comes from: "key", "project", or "key rate" / '
+        '"project rate" for a burst defaulted from that rate (keys: rate, burst, quota.KIND).'
+    )
+
+
+class KeyDetail(KeyOut):
+    limits: EffectiveLimits
+
+
 class KeyCreated(KeyOut):
     key: str = Field(description="The secret. Shown once: store it now.")
 
