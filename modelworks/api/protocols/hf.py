@@ -26,20 +26,16 @@ from modelworks.errors import InvalidInput
 router = APIRouter(tags=["hugging face"])
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
 def sigmoid(z: np.ndarray) -> np.ndarray:
     return np.asarray(np.exp(-np.logaddexp(0.0, -z)))  # no overflow for large |z|
 
 
-# transformers' ClassificationFunction: a probability over labels, one per label, the logits
-SCORES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "softmax": softmax,
-    "sigmoid": sigmoid,
-    "none": np.asarray,
+# transformers' ClassificationFunction, from what the classifier returns: a probability over
+# labels (its softmax), one per label, or the logits
+SCORES: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
+    "softmax": lambda out: out["probabilities"],
+    "sigmoid": lambda out: sigmoid(out["_logits"].astype(np.float64)),
+    "none": lambda out: out["_logits"],
 }
 
 
@@ -94,7 +90,7 @@ async def task_call(
         return JSONResponse(rows[0] if single else rows)
     scoring, k = score_function(params), top_k(params)
     pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
-    scores = SCORES[scoring](pred.outputs["_logits"].astype(np.float64))
+    scores = SCORES[scoring](pred.outputs)
     labels = list(t.signature.get("labels") or [f"LABEL_{i}" for i in range(scores.shape[1])])
     result = [
         [{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
