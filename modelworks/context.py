@@ -20,3 +20,14 @@ def note(**fields: Any) -> None:
     current = CURRENT.get()
     if current is not None:
         current.update(fields)
+
+
+async def reserve(**counts: int) -> None:
+    """Charge `counts` (items, tokens) against the request's quotas *before* the work runs.
+
+    The auth layer puts a `reserve` callback into the request's facts; it raises 429 when a
+    quota cannot cover the counts. Outside a request, or for a key without quotas, a no-op."""
+    current = CURRENT.get()
+    hook = current.get("reserve") if current is not None else None
+    if hook is not None:
+        await hook(counts)

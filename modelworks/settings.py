@@ -42,6 +42,29 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(
         16 * 1024**2, gt=0, description="Most elements one inference tensor may hold."
     )
+    max_response_bytes: int = Field(
+        64 * 1024**2,
+        gt=0,
+        description="Largest inference answer, in bytes; a bigger one is refused with 413.",
+    )
+    max_extract_bytes: int = Field(
+        8 * 1024**3,
+        gt=0,
+        description="Scratch bytes one archive may unpack to (uploads and their inspection).",
+    )
+    export_memory_mb: int = Field(
+        8192,
+        ge=0,
+        description="Address space of one ONNX export child process, in MiB (0: no limit).",
+    )
+    docs_public: bool = Field(
+        False,
+        description="Serve /docs, /redoc and /openapi.json without a key (off: a key is needed).",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Proxies whose X-Forwarded-For is believed, comma-separated; empty: none.",
+    )
     inference_threads: int = Field(
         0, ge=0, description="Intra-op threads per ONNX Runtime session. 0: one per core."
     )
@@ -90,6 +113,10 @@ class Settings(BaseSettings):
             return ["*"]
         host = f"[{self.host}]" if ":" in self.host else self.host
         return sorted({*names, host, self.host})
+
+    @property
+    def proxies(self) -> list[str]:
+        return [a.strip() for a in self.trusted_proxies.split(",") if a.strip()]
 
     @property
     def origins(self) -> list[str]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI
@@ -21,6 +20,7 @@ from modelworks.api.auth import require
 from modelworks.api.encoding import Compress
 from modelworks.api.fastpath import InferFastPath
 from modelworks.api.limits import BodyLimit
+from modelworks.api.metering import make_account
 from modelworks.api.metrics import Metrics, MetricsMiddleware
 from modelworks.api.middleware import RequestContext
 from modelworks.api.protocols import hf, openai, tfserving, v2
@@ -75,30 +75,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
             raise Forbidden("metrics cover every project; scrape them with an admin key")
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    async def account(_protocol: str, facts: dict[str, Any], status: int) -> None:
-        """Meter every inference request (per key x model x hour) and charge quotas."""
-        model = str(facts.get("model") or "")
-        inference = facts.get("method") == "POST"  # metadata and readiness reads are free
-        if not settings.metering or not inference or "key_id" not in facts or ":" not in model:
-            return
-        name, _, version = model.rpartition(":")
-        items, tokens = int(facts.get("items", 0)), int(facts.get("tokens", 0))
-        svc.usage.record(
-            project_id=facts["project_id"],
-            key_id=facts["key_id"],
-            model=name,
-            version=int(version),
-            items=items,
-            tokens=tokens,
-            compute_ms=float(facts.get("compute_ms", 0.0)),
-            error=status >= 400,
-        )
-        limits = facts.get("limits")
-        if limits is not None and limits.quota and status < 400:
-            with contextlib.suppress(Exception):  # a limits outage must not fail the answer
-                await svc.limiter.add_usage(
-                    facts["key_id"], limits, {"requests": 1, "items": items, "tokens": tokens}
-                )
+    account = make_account(svc)
 
     app.add_middleware(InferFastPath)  # innermost: metrics, limits and hosts still apply
     app.add_middleware(MetricsMiddleware, metrics=metrics, on_done=account)
