@@ -594,20 +594,24 @@ def test_rate_limit_per_key(http: httpx.Client, raw: httpx.Client, onnx: Path) -
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
 
 
-def test_project_default_rate_and_key_override(
+def test_project_rate_is_a_ceiling_a_key_only_tightens(
     client: Client, http: httpx.Client, raw: httpx.Client, onnx: Path
 ) -> None:
     client.create_project("plant-r", rate_limit=0.5, burst=1)
     deploy(http, "press", onnx, project="plant-r")
     plain = bearer(key(http, role="invoker", project="plant-r")["key"])
     fast = bearer(key(http, role="invoker", project="plant-r", rate_limit=1000, burst=50)["key"])
-    r1 = raw.post("/v2/models/press/infer", json=v2(), headers=plain)
-    r2 = raw.post("/v2/models/press/infer", json=v2(), headers=plain)
-    assert (r1.status_code, r2.status_code) == (200, 429), r2.text
-    assert "rate limit of 0.5 requests/s (burst 1)" in message(r2)
-    assert int(r2.headers["retry-after"]) >= 1
-    for _ in range(5):
-        assert raw.post("/v2/models/press/infer", json=v2(), headers=fast).status_code == 200
+    slow = bearer(key(http, role="invoker", project="plant-r", rate_limit=0.1)["key"])
+    for k, shown in (
+        (plain, "0.5 requests/s (burst 1)"),
+        (fast, "0.5 requests/s (burst 1)"),
+        (slow, "0.1 requests/s (burst 1)"),
+    ):
+        r1 = raw.post("/v2/models/press/infer", json=v2(), headers=k)
+        r2 = raw.post("/v2/models/press/infer", json=v2(), headers=k)
+        assert (r1.status_code, r2.status_code) == (200, 429), r2.text
+        assert f"rate limit of {shown}" in message(r2)
+        assert int(r2.headers["retry-after"]) >= 1
 
 
 def test_changing_a_projects_default_rate_applies_at_once(
@@ -673,15 +677,17 @@ def test_requests_quota_counts_inferences_not_metadata_reads(
 def test_project_default_quota(
     client: Client, http: httpx.Client, raw: httpx.Client, onnx: Path
 ) -> None:
-    client.create_project("plant-q", quota={"requests": 1})
+    """A project's quota binds every key of it; a key's own quota may only be tighter."""
+    client.create_project("plant-q", quota={"requests": 2})
     deploy(http, "press", onnx, project="plant-q")
     k = bearer(key(http, role="invoker", project="plant-q")["key"])
     roomy = bearer(key(http, role="invoker", project="plant-q", quota={"requests": 5})["key"])
-    assert raw.post("/v2/models/press/infer", json=v2(), headers=k).status_code == 200
-    r = raw.post("/v2/models/press/infer", json=v2(), headers=k)
-    assert r.status_code == 429 and "requests quota of 1" in message(r)
-    for _ in range(3):
-        assert raw.post("/v2/models/press/infer", json=v2(), headers=roomy).status_code == 200
+    tight = bearer(key(http, role="invoker", project="plant-q", quota={"requests": 1})["key"])
+    for secret, allowed in ((k, 2), (roomy, 2), (tight, 1)):
+        for _ in range(allowed):
+            assert raw.post("/v2/models/press/infer", json=v2(), headers=secret).status_code == 200
+        r = raw.post("/v2/models/press/infer", json=v2(), headers=secret)
+        assert r.status_code == 429 and f"requests quota of {allowed}" in message(r)
 
 
 # 8. usage -------------------------------------------------------------------------------------
@@ -871,8 +877,8 @@ def test_audit_records_who_what_target_outcome_client_and_request_id(
         assert e["target"] == targets[action], e
         assert e["client"] == "127.0.0.1", e
         if action == "auth.failure":
-            assert e["outcome"] == "denied" and e["actor"] == bad[:12]
-            assert bad not in json.dumps(e)
+            assert e["outcome"] == "denied" and e["actor"] == ""
+            assert bad[3:9] not in json.dumps(e)
         else:
             assert e["outcome"] == "ok" and e["actor"] == admin_key[:12], e
     # newest first

@@ -30,7 +30,8 @@ def audit(
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[dict[str, Any]]:
     """Newest first. Owners see their project's events; admins every project's, auth failures
-    (which belong to no project) included, or one project's with `?project=`."""
+    (which belong to no project) included, or one project's with `?project=`. A key limited
+    to some models sees only events about those models and its own actions."""
     events = services(request).audit.list(
         project_id=project_scope(request, p),
         include_unscoped=p.role == "admin",
@@ -39,6 +40,8 @@ def audit(
         start=start,
         end=end,
         limit=limit,
+        models=p.models,
+        own_prefix=p.prefix,
     )
     return [
         {

@@ -1,9 +1,16 @@
 """The auth dependency: `Authorization: Bearer <key>` -> Principal, then role, project scope,
-rate limit and quota. Failures are audited and throttled per client address."""
+rate limit and quota. Failures are audited (never with any part of the credential) and
+throttled per client address.
+
+An inference takes one request of the key's daily quota here, before it runs, and leaves a
+`reserve` callback in the request's facts through which the serving engine takes the items
+(and tokens) it is about to process; `api/metering.py` settles both once the response is out.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -14,9 +21,12 @@ from starlette.requests import Request
 from modelworks.api.metrics import note
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
-from modelworks.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
+from modelworks.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
 
 ANONYMOUS_ROLE = "admin"  # auth off (loopback only): every caller may do everything
+# exactly "<scheme> <token>": one space, no other whitespace anywhere (the token is never
+# trimmed, so "Bearer  KEY" or a trailing tab is malformed rather than silently accepted)
+_CREDENTIALS = re.compile(r"([A-Za-z]+) (\S+)")
 
 
 def client_address(request: Request) -> str:
@@ -55,35 +65,21 @@ async def authenticate(request: Request) -> Principal:
         note(key_id=0, project_id=p.project_id)
         request.state.principal = p
         return p
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise BadRequest(
+            f"this request has {len(headers)} Authorization headers; send one "
+            "('Authorization: Bearer mw_…')"
+        )
     try:
-        if not header:
-            raise Unauthorized(
-                "missing API key: send 'Authorization: Bearer mw_…' "
-                "(or set MODELWORKS_API_KEY for the CLI and SDK)"
-            )
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("malformed Authorization header: use 'Authorization: Bearer mw_…'")
-        secret = token.strip()
-        found = svc.keys.cached(secret)
-        # another replica may have revoked a cached key: a shared backend knows at once
-        if (
-            found is not None
-            and svc.limiter.backend.shared
-            and await svc.limiter.backend.is_revoked(found.prefix)
-        ):
-            svc.keys.forget_cached()
-            found = None
-        if found is None:
-            found = await to_thread.run_sync(svc.keys.authenticate, secret)
+        found = await _principal(svc, headers[0] if headers else "")
     except Unauthorized as exc:
         client = client_address(request)
         record = partial(
             svc.audit.record,
             action="auth.failure",
             outcome="denied",
-            actor=token.strip()[:12] if token else "",
+            actor="",  # nothing of a rejected credential is kept, not even its prefix
             target=request.url.path[:256],
             client=client,
             request_id=getattr(request.state, "request_id", ""),
@@ -97,10 +93,38 @@ async def authenticate(request: Request) -> Principal:
                 details={"retry_after": 60},
             ) from None
         raise
-    note(key_id=found.key_id or 0, project_id=found.project_id, limits=found.limits)
+    note(key_id=found.key_id or 0, project_id=found.project_id)
     if found.key_id is not None and found.limits.rate is not None:
         await svc.limiter.hit(found.key_id, found.limits)
     request.state.principal = found
+    return found
+
+
+async def _principal(svc: Services, header: str) -> Principal:
+    """The key an `Authorization` header carries; 401 for a missing, malformed or bad one."""
+    if not header:
+        raise Unauthorized(
+            "missing API key: send 'Authorization: Bearer mw_…' "
+            "(or set MODELWORKS_API_KEY for the CLI and SDK)"
+        )
+    match = _CREDENTIALS.fullmatch(header)
+    if match is None or match[1].lower() != "bearer":
+        raise Unauthorized(
+            "malformed Authorization header: use 'Authorization: Bearer mw_…' "
+            "(one space, nothing around the key)"
+        )
+    secret = match[2]
+    found = svc.keys.cached(secret)
+    # another replica may have revoked a cached key: a shared backend knows at once
+    if (
+        found is not None
+        and svc.limiter.backend.shared
+        and await svc.limiter.backend.is_revoked(found.prefix)
+    ):
+        svc.keys.forget_cached()
+        found = None
+    if found is None:
+        found = await to_thread.run_sync(svc.keys.authenticate, secret)
     return found
 
 
@@ -121,7 +145,7 @@ async def authorize(
     request: Request, p: Principal, permission: str, project: str | None = None
 ) -> Principal:
     """Check the role allows `permission`, apply the `?project=` scope, and for inference
-    check the key's daily quotas. Refusals are audited."""
+    reserve against the key's daily quotas. Refusals are audited."""
     svc = services(request)
     try:
         p.require(permission)
@@ -143,8 +167,17 @@ async def authorize(
         note(project_id=p.project_id)
         request.state.principal = p
     if permission == "infer" and p.key_id is not None and p.limits.quota:
-        await svc.limiter.check_quota(p.key_id, p.limits)
+        await _reserve_request(svc, p.key_id, p, inference=request.method == "POST")
     return p
+
+
+async def _reserve_request(svc: Services, key_id: int, p: Principal, *, inference: bool) -> None:
+    """Take one request of the key's quota now (a metadata read takes none, but is refused
+    once a quota is used up, as an inference would be), and hand the serving engine a way to
+    take its items before it runs (`modelworks.context.reserve`)."""
+    held = await svc.limiter.reserve(key_id, p.limits, requests=1 if inference else 0)
+    if held is not None and inference:
+        note(quota=held, reserve=partial(svc.limiter.reserve_more, held))
 
 
 def project_scope(request: Request, p: Principal) -> int | None:

@@ -1,10 +1,15 @@
 """API key routes under `/api/v1/keys`: the secret is in the create response, once.
 
-Owners manage the keys of their project; admins those of any project. Nobody mints a key
-with more power than their own: only admins create admin keys.
+Owners manage the keys of their project; admins those of any project. A key sees, reads and
+revokes only keys no wider than itself (role, model allowlist, expiry, limits: any other is
+as missing as an unknown id), and never mints a wider one: only admins create admin keys, a
+minted key stays within its parent's allowlist, expiry and limits.
 """
 
 from __future__ import annotations
+
+from datetime import UTC
+from functools import partial
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends
@@ -15,9 +20,9 @@ from starlette.requests import Request
 from modelworks.api.auth import audit_action, require, scope_to
 from modelworks.api.schemas import EffectiveLimits, KeyCreate, KeyCreated, KeyDetail, KeyOut
 from modelworks.api.services import services
-from modelworks.auth.keys import Principal, effective_limits
+from modelworks.auth.keys import ROLES, Principal, bounded_limits, effective_limits, role_within
 from modelworks.db.tables import Project
-from modelworks.errors import Forbidden
+from modelworks.errors import Forbidden, NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["keys"])
 
@@ -27,13 +32,32 @@ def _project_names(request: Request) -> dict[int, str]:
         return {pid: name for pid, name in s.execute(select(Project.id, Project.name))}
 
 
+def _project(request: Request, project_id: int) -> Project:
+    with services(request).sessions() as s:
+        project = s.get(Project, project_id)
+    if project is None:
+        raise NotFound("project not found; list projects with `modelworks projects list`")
+    return project
+
+
+def _check_role(role: str, p: Principal) -> None:
+    """No key mints a role wider than its own (an unknown role is left to the 422)."""
+    if role not in ROLES or role_within(role, p.role):
+        return
+    if role == "admin":
+        raise Forbidden("only an admin key can create admin keys")
+    raise Forbidden(
+        f"a {p.role!r} key cannot create {role!r} keys, which may do more than it; "
+        "ask a key with that role or higher"
+    )
+
+
 @router.post("/keys", status_code=201, response_model=KeyCreated)
 async def create_key(
     body: KeyCreate, request: Request, p: Principal = Depends(require("keys"))
 ) -> KeyCreated:
     svc = services(request)
-    if body.role == "admin" and p.role != "admin":
-        raise Forbidden("only an admin key can create admin keys")
+    _check_role(body.role, p)
     models = body.models
     if p.models is not None:
         # a key never mints a wider key than itself
@@ -42,11 +66,21 @@ async def create_key(
         elif not set(models) <= p.models:
             raise Forbidden("a key limited to some models can only create keys within them")
     expires_at = body.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)  # a time without a zone is UTC
     if p.expires_at is not None and (expires_at is None or expires_at > p.expires_at):
         expires_at = p.expires_at  # nor one that outlives it
     target = p
     if body.project is not None:
         target = await to_thread.run_sync(scope_to, svc, p, body.project)
+    project = await to_thread.run_sync(_project, request, target.project_id)
+    rate_limit, burst, quota = bounded_limits(
+        p.limits,
+        project,
+        body.rate_limit,
+        body.burst,
+        body.quota.as_dict() if body.quota else None,
+    )
 
     def create() -> KeyCreated:
         key, secret = svc.keys.create(
@@ -56,9 +90,9 @@ async def create_key(
             created_by=p.prefix,
             expires_at=expires_at,
             models=models,
-            rate_limit=body.rate_limit,
-            burst=body.burst,
-            quota=body.quota.as_dict() if body.quota else None,
+            rate_limit=rate_limit,
+            burst=burst,
+            quota=quota,
         )
         audit_action(
             request,
@@ -77,10 +111,10 @@ async def create_key(
 
 @router.get("/keys", response_model=list[KeyOut])
 def list_keys(request: Request, p: Principal = Depends(require("keys"))) -> list[KeyOut]:
+    """The keys of the project that are no wider than the calling key."""
     names = _project_names(request)
-    return [
-        KeyOut.of(k, names.get(k.project_id, "")) for k in services(request).keys.list(p.project_id)
-    ]
+    keys = services(request).keys.list(p.project_id, caller=p)
+    return [KeyOut.of(k, names.get(k.project_id, "")) for k in keys]
 
 
 @router.get("/keys/{key_id}", response_model=KeyDetail)
@@ -89,8 +123,10 @@ def get_key(
     key_id: int = FastPath(ge=1, le=2**63 - 1),
     p: Principal = Depends(require("keys")),
 ) -> KeyDetail:
-    """A key with the limits it runs under: its own, else its project's defaults."""
-    key, project = services(request).keys.get(key_id, None if p.role == "admin" else p.project_id)
+    """A key with the limits it runs under: the tightest of its own and its project's."""
+    key, project = services(request).keys.get(
+        key_id, None if p.role == "admin" else p.project_id, caller=p
+    )
     limits, sources = effective_limits(key, project)
     return KeyDetail(
         **KeyOut.of(key, project.name).model_dump(),
@@ -108,7 +144,7 @@ async def revoke_key(
 ) -> KeyOut:
     svc = services(request)
     key = await to_thread.run_sync(
-        svc.keys.revoke, key_id, None if p.role == "admin" else p.project_id
+        partial(svc.keys.revoke, key_id, None if p.role == "admin" else p.project_id, caller=p)
     )
     await svc.limiter.backend.revoke(key.prefix)  # replicas sharing Redis drop it at once
 

@@ -1,5 +1,5 @@
-"""Project routes under `/api/v1/projects`: admins create and delete tenants; a project's
-owner reads and tunes its own (default rate limit and quotas of its keys)."""
+"""Project routes under `/api/v1/projects`: admins create and delete tenants and set their
+limits (ceilings); a project's owner reads its own and may only tighten those limits."""
 
 from __future__ import annotations
 
@@ -22,8 +22,19 @@ def _service(request: Request) -> ProjectService:
 
 
 def _admin(p: Principal) -> None:
+    _unrestricted(p)
     if p.role != "admin":
         raise Forbidden("only an admin key can create or delete projects")
+
+
+def _unrestricted(p: Principal) -> None:
+    """Project settings bind every model of the project, so a key that may reach only some
+    models may not change them."""
+    if p.models is not None:
+        raise Forbidden(
+            "this key is limited to some models and project settings cover all of them; "
+            "use a key without a model allowlist"
+        )
 
 
 @router.post("/projects", status_code=201, response_model=ProjectOut)
@@ -57,12 +68,17 @@ def get_project(name: str, request: Request, p: Principal = Depends(require("rea
 def update_project(
     name: str, body: ProjectPatch, request: Request, p: Principal = Depends(require("keys"))
 ) -> ProjectOut:
+    """Admins set the project's limits (ceilings); owners may set tighter defaults only."""
+    _unrestricted(p)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("description", "") is None:
         del changes["description"]  # null keeps it; null on a limit clears that limit
     if body.quota is not None:
         changes["quota"] = body.quota.as_dict()
-    project = _service(request).update(name, changes, None if p.role == "admin" else p.project_id)
+    admin = p.role == "admin"
+    project = _service(request).update(
+        name, changes, None if admin else p.project_id, by_admin=admin
+    )
     services(request).keys.forget_cached()
     audit_action(request, p, "project.update", project.name, project_id=project.id)
     return ProjectOut.of(project)

@@ -109,24 +109,47 @@ class ProjectPatch(BaseModel):
     quota: Quota | None = None
 
 
-class ProjectOut(BaseModel):
-    name: str
-    description: str
+class Ceilings(BaseModel):
     rate_limit: float | None
     burst: int | None
     quota: dict[str, int]
+
+
+class ProjectOut(BaseModel):
+    name: str
+    description: str
+    rate_limit: float | None = Field(description="Requests/s its keys run under at most.")
+    burst: int | None
+    quota: dict[str, int] = Field(description="Daily quotas its keys run under at most.")
+    ceilings: Ceilings = Field(
+        description="The limits an admin set: owners may lower the project's limits below "
+        "these, never raise them."
+    )
     created_at: Timestamp
 
     @classmethod
     def of(cls, p: Any) -> ProjectOut:
+        ceilings = Ceilings(rate_limit=p.rate_limit, burst=p.burst, quota=p.quota or {})
+        owner_quota = p.owner_quota or {}
+        kinds = sorted(set(ceilings.quota) | set(owner_quota))
         return cls(
             name=p.name,
             description=p.description,
-            rate_limit=p.rate_limit,
-            burst=p.burst,
-            quota=p.quota or {},
+            rate_limit=_lowest(p.owner_rate_limit, p.rate_limit),
+            burst=_lowest(p.owner_burst, p.burst),
+            quota={
+                k: v
+                for k in kinds
+                if (v := _lowest(owner_quota.get(k), ceilings.quota.get(k))) is not None
+            },
+            ceilings=ceilings,
             created_at=p.created_at,
         )
+
+
+def _lowest(*values: Any) -> Any:
+    """The tightest of limits that are set (None: none is)."""
+    return min((v for v in values if v is not None), default=None)
 
 
 class VersionOut(BaseModel):

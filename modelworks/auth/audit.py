@@ -6,12 +6,14 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelworks.db.tables import AuditEvent
 
 log = logging.getLogger("modelworks.audit")
+# actions about one model, whose target is `name` or `name:version-or-alias`
+MODEL_ACTIONS = ("model.", "version.", "alias.")
 
 
 class AuditLog:
@@ -57,7 +59,11 @@ class AuditLog:
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int = 100,
+        models: frozenset[str] | None = None,
+        own_prefix: str = "",
     ) -> list[AuditEvent]:
+        """Newest first. `models` given (a key's allowlist): only events about those models,
+        and the actions of, or on, the key `own_prefix`."""
         with self.sessions() as s:
             q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if project_id is not None:
@@ -73,4 +79,19 @@ class AuditLog:
                 q = q.where(AuditEvent.at >= start)
             if end is not None:
                 q = q.where(AuditEvent.at < end)
+            if models is not None:
+                q = q.where(_about(models, own_prefix))
             return list(s.scalars(q))
+
+
+def _about(models: frozenset[str], prefix: str) -> ColumnElement[bool]:
+    """Events a key limited to `models` may read: model actions on one of them, and what it
+    did or had done to it (filtered in the query, so `limit` counts only these)."""
+    about_model = and_(
+        or_(*(AuditEvent.action.startswith(a, autoescape=True) for a in MODEL_ACTIONS)),
+        or_(
+            AuditEvent.target.in_(sorted(models)),
+            *(AuditEvent.target.startswith(f"{m}:", autoescape=True) for m in sorted(models)),
+        ),
+    )
+    return or_(about_model, AuditEvent.actor == prefix, AuditEvent.target == prefix)

@@ -1,7 +1,8 @@
 """API keys: `mw_` + 43 URL-safe characters, shown once, stored as a SHA-256 hash.
 
 Keys carry 256 bits of randomness, so a fast hash is enough (no password stretching needed);
-the hash is compared in constant time.
+the hash is compared in constant time, and an unknown prefix costs the same work as a known
+one. A key sees and acts only on keys no wider than itself (`within`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from sqlalchemy import select, update
@@ -34,6 +36,9 @@ _GRANTS: dict[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
     "invoker": frozenset({"infer"}),
 }
+# admin > owner > developer > viewer, invoker: admin and owner grant the same permissions,
+# but only an admin acts beyond its project, so an owner is narrower
+_RANK = {"admin": 3, "owner": 2, "developer": 1, "viewer": 0, "invoker": 0}
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def looks_like_key(secret: str) -> bool:
     return secret.startswith(KEY_PREFIX) and 35 <= len(secret) <= 128
 
 
+_DUMMY_HASH = hash_secret(KEY_PREFIX + "0" * 43)  # compared against when no prefix matches
 CACHE_TTL_S = 5.0  # another replica's revocation reaches this one within this time
 REFRESH_S = 1.0  # how long others keep an expired entry while one caller re-checks it
 
@@ -152,30 +158,42 @@ class KeyService:
                 continue  # prefix collision: astronomically rare, draw again
         raise Conflict("could not create a unique key; retry")
 
-    def list(self, project_id: int | None = None) -> list[ApiKey]:
+    def list(self, project_id: int | None = None, caller: Principal | None = None) -> list[ApiKey]:
+        """Keys (of one project when `project_id` is given); with a `caller`, only those no
+        wider than it."""
         with self.sessions() as s:
-            q = select(ApiKey).order_by(ApiKey.id)
+            q = select(ApiKey, Project).join(Project, Project.id == ApiKey.project_id)
             if project_id is not None:
                 q = q.where(ApiKey.project_id == project_id)
-            return list(s.scalars(q))
+            rows = s.execute(q.order_by(ApiKey.id)).all()
+        return [k for k, p in rows if caller is None or within(k, p, caller)]
 
-    def get(self, key_id: int, project_id: int | None = None) -> tuple[ApiKey, Project]:
-        """A key with its project (`project_id` given: only a key of that project)."""
+    def get(
+        self, key_id: int, project_id: int | None = None, caller: Principal | None = None
+    ) -> tuple[ApiKey, Project]:
+        """A key with its project (`project_id` given: only a key of that project; `caller`
+        given: only a key no wider than it). Any other is as missing as an unknown id."""
         with self.sessions() as s:
             key = s.get(ApiKey, key_id)
             project = s.get(Project, key.project_id) if key is not None else None
-        if key is None or project is None or project_id not in (None, key.project_id):
-            raise NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
+        if (
+            key is None
+            or project is None
+            or project_id not in (None, key.project_id)
+            or (caller is not None and not within(key, project, caller))
+        ):
+            raise _no_such_key(key_id)
         return key, project
 
-    def revoke(self, key_id: int, project_id: int | None = None) -> ApiKey:
+    def revoke(
+        self, key_id: int, project_id: int | None = None, caller: Principal | None = None
+    ) -> ApiKey:
+        """Revoke a key, as `get` finds it."""
+        self.get(key_id, project_id, caller)
         with self.sessions.begin() as s:
-            q = select(ApiKey).where(ApiKey.id == key_id)
-            if project_id is not None:
-                q = q.where(ApiKey.project_id == project_id)
-            key = s.scalar(q)
+            key = s.get(ApiKey, key_id)
             if key is None:
-                raise NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
+                raise _no_such_key(key_id)
             if key.revoked_at is None:
                 key.revoked_at = datetime.now(UTC)
             self._cache.pop(key.secret_hash)
@@ -198,11 +216,16 @@ class KeyService:
                 "malformed API key; keys look like 'mw_…' "
                 "(create one with `modelworks keys create`)"
             )
+        # one query and one hash-and-compare whether or not the prefix exists, so the time
+        # taken does not tell an attacker which prefixes are real
         with self.sessions() as s:
-            key = s.scalar(select(ApiKey).where(ApiKey.prefix == secret[:PREFIX_LEN]))
-            project = s.get(Project, key.project_id) if key is not None else None
-        # compare even when no key matched, so timing does not tell whether a prefix exists
-        expected = key.secret_hash if key is not None else "0" * 64
+            row = s.execute(
+                select(ApiKey, Project)
+                .join(Project, Project.id == ApiKey.project_id)
+                .where(ApiKey.prefix == secret[:PREFIX_LEN])
+            ).first()
+        key, project = row if row is not None else (None, None)
+        expected = key.secret_hash if key is not None else _DUMMY_HASH
         if not hmac.compare_digest(expected, hash_secret(secret)) or key is None:
             raise Unauthorized("invalid API key")
         now = datetime.now(UTC)
@@ -243,6 +266,86 @@ class KeyService:
         return secret
 
 
+def _no_such_key(key_id: int) -> NotFound:
+    return NotFound(f"key {key_id} not found; list keys with `modelworks keys list`")
+
+
+def role_within(role: str, own: str) -> bool:
+    """Whether `role` is no wider than `own`: no permission `own` lacks, and no higher rank
+    (an owner never reaches an admin key, though both may do everything in a project)."""
+    if role not in _GRANTS or own not in _GRANTS:
+        return False
+    return _GRANTS[role] <= _GRANTS[own] and _RANK[role] <= _RANK[own]
+
+
+def within(key: Any, project: Any, caller: Principal) -> bool:
+    """Whether `key` is no wider than `caller`: its role, its model allowlist (none is wider
+    than any), its expiry (none outlives every date) and its effective limits."""
+    if not role_within(key.role, caller.role):
+        return False
+    if caller.models is not None and (key.models is None or not set(key.models) <= caller.models):
+        return False
+    if caller.expires_at is not None and (
+        key.expires_at is None or _aware(key.expires_at) > caller.expires_at
+    ):
+        return False
+    return not looser_limits(effective_limits(key, project)[0], caller.limits)
+
+
+def looser_limits(limits: Limits, bound: Limits) -> list[str]:
+    """The limits in which `limits` allows more than `bound` ("rate_limit", "burst",
+    "quota.KIND"); a limit that is not set allows everything."""
+    looser = []
+    if bound.rate is not None:
+        if limits.rate is None or limits.rate > bound.rate:
+            looser.append("rate_limit")
+        if bound.burst is not None and (limits.burst is None or limits.burst > bound.burst):
+            looser.append("burst")
+    for kind, allowed in bound.quota.items():
+        if limits.quota.get(kind) is None or limits.quota[kind] > allowed:
+            looser.append(f"quota.{kind}")
+    return looser
+
+
+def bounded_limits(
+    parent: Limits,
+    project: Any,
+    rate_limit: float | None,
+    burst: int | None,
+    quota: dict[str, int] | None,
+) -> tuple[float | None, int | None, dict[str, int]]:
+    """The own limits of a key minted by a key running under `parent`: what was asked, which
+    may not be looser than `parent` (403 naming its value), and where the key would run
+    under more than `parent` (nothing asked, and the project allows more), the parent's."""
+    asked = Limits(rate=rate_limit, burst=burst, quota=dict(quota or {}))
+    for name in looser_limits(asked, parent):
+        value = limit_value(asked, name)
+        if value is not None:  # not asked: inherited below
+            raise Forbidden(
+                f"{name} {value:g} is looser than the {limit_value(parent, name):g} this key runs "
+                f"under; a key cannot create a key with looser limits than its own (ask for "
+                f"{limit_value(parent, name):g} or less, or leave it out to inherit it)"
+            )
+    own = SimpleNamespace(rate_limit=rate_limit, burst=burst, quota=dict(quota or {}))
+    for name in ("rate_limit", "burst", *(f"quota.{k}" for k in parent.quota)):
+        if name in looser_limits(effective_limits(own, project)[0], parent):
+            value = limit_value(parent, name)
+            if name.startswith("quota."):
+                own.quota[name.removeprefix("quota.")] = int(value or 0)
+            else:
+                setattr(own, name, value)
+    return own.rate_limit, own.burst, own.quota
+
+
+def limit_value(limits: Limits, name: str) -> Any:
+    """The value of "rate_limit", "burst" or "quota.KIND" in `limits` (None: not set)."""
+    if name == "rate_limit":
+        return limits.rate
+    if name == "burst":
+        return limits.burst
+    return limits.quota.get(name.removeprefix("quota."))
+
+
 def check_limits(rate_limit: float | None, burst: int | None, quota: dict[str, int] | None) -> None:
     """Rate limits are positive requests/s, bursts and quotas non-negative whole numbers."""
     if rate_limit is not None and not (0 < rate_limit <= 1e6):
@@ -256,35 +359,65 @@ def check_limits(rate_limit: float | None, burst: int | None, quota: dict[str, i
             raise ValidationFailed(f"quota {kind!r} must be a whole number from 0")
 
 
+Level = tuple[str, Any, Any, Any]  # origin, rate, burst, quota of one level of limits
+
+
 def effective_limits(key: Any, project: Any) -> tuple[Limits, dict[str, str]]:
-    """The limits a key runs under and where each comes from ("key", "project", or "key
+    """The limits a key runs under, and where each comes from ("key", "project", or "key
     rate" / "project rate" for a burst defaulted from that rate).
 
-    Unset fields fall back to the project's defaults, except the burst of a key that sets its
-    own rate: that defaults from the key's rate, so `--rate-limit 5` is not a burst of 40
-    because the project allows 40 at its own, higher rate.
+    Each limit is the tightest of three: the key's own, its project's owner-set default and
+    the ceiling an admin set on the project. A burst not set at a level defaults from that
+    level's rate, so `--rate-limit 5` is not a burst of 40 because the project allows 40.
     """
-    p_rate, p_burst = getattr(project, "rate_limit", None), getattr(project, "burst", None)
-    sources: dict[str, str] = {}
-    rate, burst = key.rate_limit, key.burst
-    if rate is not None:
-        sources["rate"] = "key"
-    elif p_rate is not None:
-        rate, sources["rate"] = p_rate, "project"
-    if burst is not None:
-        sources["burst"] = "key"
-    elif key.rate_limit is not None:
-        burst, sources["burst"] = default_burst(key.rate_limit), "key rate"
-    elif p_burst is not None:
-        burst, sources["burst"] = p_burst, "project"
-    elif p_rate is not None:
-        burst, sources["burst"] = default_burst(p_rate), "project rate"
+    owner_default = (
+        "project",
+        getattr(project, "owner_rate_limit", None),
+        getattr(project, "owner_burst", None),
+        getattr(project, "owner_quota", None),
+    )
+    own = ("key", key.rate_limit, key.burst, key.quota)
+    return _tightest([own, owner_default, _admin_level(project)])
+
+
+def ceiling(project: Any) -> Limits:
+    """The limits an admin set on a project: its owners may lower them, never raise them."""
+    return _tightest([_admin_level(project)])[0]
+
+
+def _admin_level(project: Any) -> Level:
+    return (
+        "project",
+        getattr(project, "rate_limit", None),
+        getattr(project, "burst", None),
+        getattr(project, "quota", None),
+    )
+
+
+def _tightest(levels: list[Level]) -> tuple[Limits, dict[str, str]]:
+    """The lowest value of each limit over `levels` (on a tie, the first level's source)."""
+    rate: float | None = None
+    burst: int | None = None
     quota: dict[str, int] = {}
-    for origin, given in (("project", getattr(project, "quota", None)), ("key", key.quota)):
-        for kind, value in (given or {}).items():
-            if kind in QUOTA_KINDS and value is not None:
+    sources: dict[str, str] = {}
+    for origin, l_rate, l_burst, l_quota in levels:
+        if l_rate is not None and (rate is None or l_rate < rate):
+            rate, sources["rate"] = l_rate, origin
+        b, b_origin = _burst_of(origin, l_rate, l_burst)
+        if b is not None and (burst is None or b < burst):
+            burst, sources["burst"] = b, b_origin
+        for kind, value in (l_quota or {}).items():
+            if kind in QUOTA_KINDS and value is not None and int(value) < quota.get(kind, 2**63):
                 quota[kind], sources[f"quota.{kind}"] = int(value), origin
     return Limits(rate=rate, burst=burst, quota=quota), sources
+
+
+def _burst_of(origin: str, rate: float | None, burst: int | None) -> tuple[int | None, str]:
+    if burst is not None:
+        return int(burst), origin
+    if rate is not None:
+        return default_burst(rate), f"{origin} rate"
+    return None, ""
 
 
 def _aware(dt: datetime) -> datetime:

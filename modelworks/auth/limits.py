@@ -3,11 +3,14 @@
 State lives in a backend: in process memory for one node, or Redis when several replicas must
 share it (`MODELWORKS_LIMITS_URL=redis://host:6379/0`). Both answer the same questions, so the
 code above them does not know which one runs.
+
+Quotas are *reserved* before work runs: a check and its increment are one atomic step (no
+await between them in memory, one Lua script in Redis), so concurrent requests cannot all see
+the same "room left" and overspend it. What a request did not use is released afterwards.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from typing import Protocol
 from modelworks.errors import TooManyRequests
 
 QUOTA_KINDS = ("requests", "items", "tokens")
+QUOTA_TTL_S = 2 * 86400  # a day's counters outlive the day by one, then expire
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,13 @@ class Backend(Protocol):
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         """Take one token; 0 when allowed, else seconds until a token is there."""
 
-    async def used(self, counter: str) -> dict[str, int]: ...
-
     async def add(self, counter: str, counts: dict[str, int], ttl_s: int) -> None: ...
+
+    async def reserve(
+        self, counter: str, counts: dict[str, int], limits: dict[str, int], ttl_s: int
+    ) -> tuple[str, int] | None:
+        """Atomically add `counts` if every counted kind that has a limit still fits
+        (`used + max(count, 1) <= limit`); else add nothing and return (kind, used)."""
 
     async def close(self) -> None: ...
 
@@ -65,7 +73,6 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}  # tokens, last refill (monotonic)
         self._counters: dict[str, dict[str, int]] = {}
-        self._lock = asyncio.Lock()
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         now = time.monotonic()
@@ -77,10 +84,21 @@ class MemoryBackend:
         self._buckets[bucket] = (tokens, now)
         return (1.0 - tokens) / rate
 
-    async def used(self, counter: str) -> dict[str, int]:
-        return dict(self._counters.get(counter, {}))
-
     async def add(self, counter: str, counts: dict[str, int], ttl_s: int) -> None:
+        self._add(counter, counts)
+
+    async def reserve(
+        self, counter: str, counts: dict[str, int], limits: dict[str, int], ttl_s: int
+    ) -> tuple[str, int] | None:
+        # plain code from the check to the increment, no await: atomic on the event loop
+        current = self._counters.get(counter, {})
+        for kind, count in counts.items():
+            if kind in limits and current.get(kind, 0) + max(count, 1) > limits[kind]:
+                return kind, current.get(kind, 0)
+        self._add(counter, counts)
+        return None
+
+    def _add(self, counter: str, counts: dict[str, int]) -> None:
         current = self._counters.setdefault(counter, {})
         for k, v in counts.items():
             current[k] = current.get(k, 0) + v
@@ -120,6 +138,30 @@ return tostring(wait)
 """
 
 
+# Atomic reservation: check every counted kind against its limit (-1: none), then add all or
+# nothing. ARGV: ttl, then (kind, count, limit) triples. Returns {} or {kind, used}.
+_RESERVE = """
+local n = #ARGV
+for i = 2, n, 3 do
+  local limit = tonumber(ARGV[i + 2])
+  if limit >= 0 then
+    local used = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+    if used + math.max(tonumber(ARGV[i + 1]), 1) > limit then
+      return {ARGV[i], tostring(used)}
+    end
+  end
+end
+for i = 2, n, 3 do
+  local count = tonumber(ARGV[i + 1])
+  if count ~= 0 then
+    redis.call('HINCRBY', KEYS[1], ARGV[i], count)
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return {}
+"""
+
+
 class RedisBackend:
     shared = True
     REVOKED_TTL_S = 7 * 86400  # far longer than any replica caches a key
@@ -130,14 +172,11 @@ class RedisBackend:
         self.client = redis.from_url(url, decode_responses=True)
         self.prefix = prefix
         self._take = self.client.register_script(_TAKE)
+        self._reserve = self.client.register_script(_RESERVE)
 
     async def take(self, bucket: str, rate: float, burst: int) -> float:
         wait = await self._take(keys=[f"{self.prefix}bucket:{bucket}"], args=[rate, burst])
         return float(wait)
-
-    async def used(self, counter: str) -> dict[str, int]:
-        raw = await self.client.hgetall(f"{self.prefix}quota:{counter}")
-        return {str(k): int(v) for k, v in raw.items()}
 
     async def add(self, counter: str, counts: dict[str, int], ttl_s: int) -> None:
         key = f"{self.prefix}quota:{counter}"
@@ -146,6 +185,15 @@ class RedisBackend:
                 pipe.hincrby(key, k, v)
             pipe.expire(key, ttl_s)
             await pipe.execute()
+
+    async def reserve(
+        self, counter: str, counts: dict[str, int], limits: dict[str, int], ttl_s: int
+    ) -> tuple[str, int] | None:
+        args: list[str | int] = [ttl_s]
+        for kind, count in counts.items():
+            args += [kind, count, limits.get(kind, -1)]
+        refused = await self._reserve(keys=[f"{self.prefix}quota:{counter}"], args=args)
+        return (str(refused[0]), int(refused[1])) if refused else None
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -182,25 +230,70 @@ class Limiter:
                 details={"retry_after": max(1, math.ceil(wait)), "limit": "rate"},
             )
 
-    async def check_quota(self, key_id: int, limits: Limits) -> None:
-        """Refuse a new inference once any daily quota of the key is used up."""
+    async def reserve(self, key_id: int, limits: Limits, *, requests: int) -> Reservation | None:
+        """Refuse a request once any daily quota of the key is used up, and take `requests`
+        (1 for an inference, 0 for a metadata read) of its requests quota in the same atomic
+        step. None for a key without quotas."""
         if not limits.quota:
-            return
-        used = await self.backend.used(f"key:{key_id}:{today()}")
-        for kind, allowed in limits.quota.items():
-            if used.get(kind, 0) >= allowed:
-                raise TooManyRequests(
-                    f"daily {kind} quota of {allowed} for this key is used up; it resets at "
-                    "00:00 UTC, or ask an owner to raise the key's quota",
-                    details={"retry_after": seconds_to_midnight(), "limit": f"quota.{kind}"},
-                )
+            return None
+        held = Reservation(key_id, limits, f"key:{key_id}:{today()}")
+        await self.reserve_more(held, {"requests": requests, "items": 0, "tokens": 0})
+        return held
 
-    async def add_usage(self, key_id: int, limits: Limits, counts: dict[str, int]) -> None:
-        if limits.quota:
-            await self.backend.add(f"key:{key_id}:{today()}", counts, ttl_s=2 * 86400)
+    async def reserve_more(self, held: Reservation, counts: dict[str, int]) -> None:
+        """Take `counts` (items, tokens) for a request before its work runs; 429 naming the
+        quota when they do not fit in what is left today (nothing is taken then)."""
+        counts = {k: max(0, int(v)) for k, v in counts.items() if k in QUOTA_KINDS}
+        quota = held.limits.quota
+        refused = await self.backend.reserve(held.counter, counts, quota, QUOTA_TTL_S)
+        if refused is not None:
+            kind, used = refused
+            raise over_quota(kind, quota[kind], used, counts.get(kind, 0))
+        for kind, n in counts.items():
+            held.counts[kind] = held.counts.get(kind, 0) + n
+
+    async def settle(self, held: Reservation, used: dict[str, int] | None) -> None:
+        """After the response: charge what the request used and release the rest of what it
+        held. `used=None` (the request failed) releases everything, the request included.
+        Counts only known after the run (tokens a model produced) are added even past the
+        quota: one request may overshoot it, and the next is refused."""
+        final = {kind: int((used or {}).get(kind, 0)) for kind in QUOTA_KINDS}
+        delta = {k: final[k] - held.counts.get(k, 0) for k in QUOTA_KINDS}
+        delta = {k: v for k, v in delta.items() if v}
+        held.counts = final
+        if delta:
+            await self.backend.add(held.counter, delta, QUOTA_TTL_S)
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+@dataclass
+class Reservation:
+    """What one request holds of its key's daily quotas, taken before its work ran."""
+
+    key_id: int
+    limits: Limits
+    counter: str  # the day it was taken from: released there, even after midnight
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def over_quota(kind: str, allowed: int, used: int, asked: int) -> TooManyRequests:
+    """The 429 for a quota that cannot cover a request: used up, or too small for it."""
+    details = {"retry_after": seconds_to_midnight(), "limit": f"quota.{kind}"}
+    left = max(0, allowed - used)
+    if left == 0:
+        return TooManyRequests(
+            f"daily {kind} quota of {allowed} for this key is used up; it resets at "
+            "00:00 UTC, or ask an owner to raise the key's quota",
+            details=details,
+        )
+    return TooManyRequests(
+        f"this request has {asked} {kind} but only {left} remain of the daily {kind} quota "
+        f"of {allowed} for this key; send at most {left}, wait for the reset at 00:00 UTC, "
+        "or ask an owner to raise the key's quota",
+        details={**details, "requested": asked, "remaining": left},
+    )
 
 
 def default_burst(rate: float) -> int:

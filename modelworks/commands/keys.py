@@ -142,7 +142,7 @@ def _require_server_database(settings: Any) -> None:
 def keys_show(
     key_id: int, url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
-    """Show a key and the limits it runs under: its own, else its project's defaults."""
+    """Show a key and the limits it runs under: the tightest of its own and its project's."""
     with handled():
         k = client(url, api_key).get_key(key_id)
         if as_json:
@@ -165,7 +165,7 @@ def keys_show(
 
 _FROM = {
     "key": "key",
-    "project": "project default",
+    "project": "project (binds every key)",
     "key rate": "key's rate (1 s of it; no burst set)",
     "project rate": "project's rate (1 s of it; no burst set)",
 }

@@ -40,7 +40,8 @@ def projects_create(
     api_key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a project (admin keys), with default limits for its keys."""
+    """Create a project (admin keys), with limits for its keys that its owners may lower but
+    not raise."""
     with handled():
         p = client(url, api_key).create_project(
             name,
@@ -86,7 +87,8 @@ def projects_update(
     api_key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a project's description or the default limits of its keys."""
+    """Change a project's description or the limits of its keys (an admin's are ceilings;
+    an owner may only lower them)."""
     changes: dict[str, Any] = {
         k: v
         for k, v in {"description": description, "rate_limit": rate_limit, "burst": burst}.items()

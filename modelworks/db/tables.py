@@ -45,10 +45,16 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # defaults for the project's keys: requests/s, burst, daily quota {requests, items, tokens}
+    # limits of the project's keys, set by an admin: requests/s, burst, daily quota
+    # {requests, items, tokens}; ceilings its owners may lower but never raise
     rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
     burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
     quota: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # the owners' own defaults, within those ceilings; a key runs under the tightest of both
+    # and of its own limits
+    owner_rate_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    owner_burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner_quota: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Model(Base):

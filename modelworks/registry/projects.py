@@ -10,12 +10,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelworks.auth.keys import check_limits
+from modelworks.auth.keys import ceiling, check_limits, limit_value, looser_limits
+from modelworks.auth.limits import Limits
 from modelworks.db.tables import ApiKey, Model, Project
-from modelworks.errors import Conflict, NotFound, ValidationFailed
+from modelworks.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from modelworks.names import ProjectName
 
 DEFAULT_PROJECT = "default"
+# a limit as an admin sets it (a ceiling) -> the column of the owners' default for it
+OWNER_COLUMNS = {"rate_limit": "owner_rate_limit", "burst": "owner_burst", "quota": "owner_quota"}
 
 
 class ProjectService:
@@ -66,15 +69,37 @@ class ProjectService:
             raise NotFound(f"project {name!r} not found", details={"project": name})
         return p
 
-    def update(self, name: str, changes: dict[str, Any], only: int | None = None) -> Project:
+    def update(
+        self,
+        name: str,
+        changes: dict[str, Any],
+        only: int | None = None,
+        *,
+        by_admin: bool = True,
+    ) -> Project:
+        """Change a project's description or limits. An admin's limits are ceilings, and
+        replace what owners set for the same limit; an owner's are its own defaults, which
+        may only be tighter than the ceilings (403 naming them). Null clears a limit at that
+        level: an owner clearing its default leaves the admin's ceiling in force."""
         check_limits(changes.get("rate_limit"), changes.get("burst"), changes.get("quota"))
         target = self.get(name, only)
+        if not by_admin:
+            _check_within_ceiling(target, changes)
         with self.sessions.begin() as s:
             p = s.get(Project, target.id)
             assert p is not None
-            for key in ("description", "rate_limit", "burst", "quota"):
-                if key in changes:
-                    setattr(p, key, changes[key] if key != "quota" else (changes[key] or {}))
+            if "description" in changes:
+                p.description = changes["description"]
+            for field, owner_field in OWNER_COLUMNS.items():
+                if field not in changes:
+                    continue
+                cleared: dict[str, int] | None = {} if field == "quota" else None
+                value = changes[field] if changes[field] is not None else cleared
+                if by_admin:
+                    setattr(p, field, value)
+                    setattr(p, owner_field, cleared)
+                else:
+                    setattr(p, owner_field, value)
         return self.get(name, only)
 
     def delete(self, name: str) -> tuple[int, builtins.list[str]]:
@@ -98,3 +123,20 @@ class ProjectService:
             if p is not None:
                 s.delete(p)
         return prefixes
+
+
+def _check_within_ceiling(project: Project, changes: dict[str, Any]) -> None:
+    """An owner may lower the limits an admin set on its project, never raise them."""
+    bound = ceiling(project)
+    asked = Limits(
+        rate=changes.get("rate_limit"), burst=changes.get("burst"), quota=changes.get("quota") or {}
+    )
+    for name in looser_limits(asked, bound):
+        value = limit_value(asked, name)
+        if value is not None:  # null clears the owner's own default: the ceiling stays
+            raise Forbidden(
+                f"{name} {value:g} is above the {limit_value(bound, name):g} an admin set for "
+                f"project {project.name!r}; an owner may only lower it (ask an admin to "
+                "raise it)",
+                details={"limit": name, "ceiling": limit_value(bound, name)},
+            )
