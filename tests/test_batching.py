@@ -36,10 +36,15 @@ class Gated:
         self.gate = threading.Event()
         self.calls: list[int] = []
 
-    def predict(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> Any:
+    def predict(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any = None,
+    ) -> Any:
         self.gate.wait(10)
         self.calls.append(int(feeds["x"].shape[0]))
-        return self.inner.predict(feeds, outputs)
+        return self.inner.predict(feeds, outputs, run_options)
 
 
 def test_concurrent_requests_are_batched_and_fanned_out(model: OnnxModel) -> None:

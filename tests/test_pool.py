@@ -132,7 +132,7 @@ def test_metrics(http: httpx.Client, anon: httpx.Client, client: Client, tmp_pat
     assert 'modelworks_errors_total{code="invalid_input",model="m:1",protocol="v2"} 1.0' in text
     assert "modelworks_batch_size_bucket" in text
     assert 'modelworks_model_load_seconds{model="m:1"}' in text
-    assert 'modelworks_queue_depth{model="m:1"} 0.0' in text
+    assert 'modelworks_queue_depth{model="m:1",project_id="1"} 0.0' in text
     assert 'modelworks_inference_items_total{model="m:1"} 3.0' in text
 
 

@@ -42,16 +42,20 @@ class _PoolCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
-            "modelworks_queue_depth", "Requests waiting per model.", labels=["model"]
+            "modelworks_queue_depth",
+            "Requests waiting per served model version.",
+            labels=["project_id", "model"],
         )
-        loaded = GaugeMetricFamily("modelworks_models_loaded", "Models loaded in memory.")
+        loaded = GaugeMetricFamily(
+            "modelworks_models_loaded", "Served model versions loaded in memory."
+        )
         count = 0
         for entry in self.pool.entries():
             name = f"{entry.target.model}:{entry.target.version}"
             if entry.model is not None:
                 count += 1
             if entry.batcher is not None:
-                depth.add_metric([name], entry.batcher.depth)
+                depth.add_metric([str(entry.target.project_id), name], entry.batcher.depth)
         loaded.add_metric([], count)
         yield depth
         yield loaded

@@ -20,17 +20,12 @@ def _utc(value: datetime | None) -> datetime | None:
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
 OptionalTimestamp = Annotated[datetime | None, AfterValidator(_utc)]
-# serving digest -> (load status, reason) in this server's model pool
-LoadStatus = Callable[[str], tuple[str, str]]
+# model version id -> (load status, reason) in this server's model pool
+LoadStatus = Callable[[int], tuple[str, str]]
 
 
-def _unloaded(digest: str) -> tuple[str, str]:
+def _unloaded(version_id: int) -> tuple[str, str]:
     return "unloaded", ""
-
-
-def serving_digest(v: ModelVersion) -> str:
-    """The artifact the runtime loads: the ONNX export when there is one."""
-    return str(((v.artifacts or {}).get("onnx") or {}).get("digest", v.digest))
 
 
 class ModelCreate(BaseModel):
@@ -183,7 +178,7 @@ class VersionOut(BaseModel):
         aliases: list[str] | None = None,
         load: LoadStatus = _unloaded,
     ) -> VersionOut:
-        load_status, load_reason = load(serving_digest(v))
+        load_status, load_reason = load(v.id)
         return cls(
             model=model_name,
             version=v.version,

@@ -58,6 +58,7 @@ class Services:
             memory_budget_bytes=settings.memory_budget_mb * 1024 * 1024,
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
+            max_response_bytes=settings.max_response_bytes,
         )
         return cls(
             settings=settings,

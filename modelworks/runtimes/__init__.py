@@ -2,6 +2,12 @@
 
 `predict` takes and returns named numpy arrays whose first axis is the batch. Keys starting
 with `_` in a result (e.g. `_tokens`) are bookkeeping for usage metering, not outputs.
+
+A run cannot be cancelled like a coroutine: it holds a worker thread until it returns. So
+`predict` takes optional `run_options` (ONNX Runtime's `RunOptions`, from `run_options()`):
+the batcher calls `terminate(run_options)` from the event loop once nobody waits for the
+answer, and ONNX Runtime stops the run at its next node (or loop iteration). A runtime with
+no such switch ignores them and the run finishes on its own.
 """
 
 from __future__ import annotations
@@ -19,8 +25,27 @@ class LoadedModel(Protocol):
     signature: dict[str, Any]
 
     def predict(
-        self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any | None = None,
     ) -> dict[str, np.ndarray]: ...
+
+
+def run_options() -> Any:
+    """A fresh stop switch for one run (each run gets its own: a terminated one stays so)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    # a run's failure comes back as an exception; ONNX Runtime would also print each one (a
+    # terminated run's too) on stderr
+    options.log_severity_level = 4
+    return options
+
+
+def terminate(options: Any) -> None:
+    """Ask the run holding `options` to stop; it raises in its own thread, soon."""
+    options.terminate = True
 
 
 def load(target: Target, store: ArtifactStore, threads: int = 0) -> LoadedModel:

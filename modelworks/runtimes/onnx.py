@@ -51,13 +51,16 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def predict(
-        self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any | None = None,
     ) -> dict[str, np.ndarray]:
         names = outputs or self.output_names
         # ONNX Runtime wants str elements in string tensors: it str()s bytes elements and
         # cuts `S` elements at a NUL; UTF-8 text (NULs included) goes through exactly
         feeds = {k: _as_text(k, v) if v.dtype.kind in "OS" else v for k, v in feeds.items()}
-        results = self.session.run(names, feeds)
+        results = self.session.run(names, feeds, run_options)
         return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
 
 

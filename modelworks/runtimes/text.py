@@ -118,9 +118,9 @@ class TextModel:
         }
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
-    def _forward(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _forward(self, feeds: dict[str, np.ndarray], run_options: Any | None) -> np.ndarray:
         if self.session is not None:
-            return np.asarray(self.session.run(None, feeds)[0])
+            return np.asarray(self.session.run(None, feeds, run_options)[0])
         import torch
 
         with torch.inference_mode():
@@ -129,13 +129,16 @@ class TextModel:
         return np.asarray(tensor.float().numpy())
 
     def predict(
-        self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any | None = None,
     ) -> dict[str, np.ndarray]:
         texts = as_text("text", feeds["text"])  # tokenizers take text: not UTF-8 is a 400
         enc = self.tokenize(texts)
         mask = enc["attention_mask"]
         tokens = mask.sum(axis=1).astype(np.int64)
-        hidden = self._forward(enc)
+        hidden = self._forward(enc, run_options)  # PyTorch has no stop switch: it finishes
         if self.task == "text-classification":
             logits = hidden.astype(np.float32)
             z = logits - logits.max(axis=1, keepdims=True)

@@ -1,12 +1,19 @@
 """Dynamic batching per served model version.
 
 Requests queue (bounded); one worker takes whatever is waiting, up to `max_batch_size` rows,
-stacks it along the batch axis and runs it in a thread. When the model is idle a request runs
-at once (no waiting for company); under load batches form while the previous one runs, and
-`max_delay_ms` (0 by default, as in Triton) lets a small batch wait that long for more:
-worth it only for open-loop traffic, where more requests are sure to come. A full queue
-answers 503 with Retry-After at once; a request whose deadline passes before its batch
-starts is dropped (504).
+and runs it in a thread. When the model is idle a request runs at once (no waiting for
+company); under load batches form while the previous one runs, and `max_delay_ms` (0 by
+default, as in Triton) lets a small batch wait that long for more: worth it only for open-loop
+traffic, where more requests are sure to come. A full queue answers 503 with Retry-After at
+once.
+
+Nothing that grows with a request runs on the event loop: stacking the inputs, running the
+model, splitting its outputs and measuring each answer against `max_result_bytes` all happen
+in the batcher's own worker thread. Every request waits at most until its deadline and then
+answers 504, queued or running (a late result is dropped). A run that every one of its
+requests gave up on is told to stop (ONNX Runtime's terminate flag); the next batch starts
+only once the thread is free, and requests queued behind a stuck run time out at their own
+deadlines. A stuck run holds its own batcher's thread, no thread another model needs.
 
 Each batcher also counts what Triton's statistics extension reports (`ModelStats`): requests
 that succeeded or failed and their time, time queued, and per executed batch the time to stack
@@ -16,19 +23,23 @@ inputs, run the model and split outputs. A few integer additions per request, on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from anyio import to_thread
 
-from modelworks.errors import ModelworksError, ServiceUnavailable
-from modelworks.runtimes import LoadedModel
+from modelworks.errors import ModelworksError, PayloadTooLarge, ServiceUnavailable
+from modelworks.runtimes import LoadedModel, run_options, terminate
 
 log = logging.getLogger("modelworks.serving")
-INLINE_RUN_S = 0.0005
+MAX_RESPONSE_SETTING = "MODELWORKS_MAX_RESPONSE_BYTES"
+WORKER_IDLE_S = 30.0  # a batcher's thread ends after this long without work
 
 
 class DeadlineExceeded(ModelworksError):
@@ -42,6 +53,7 @@ class BatchSettings:
     max_delay_ms: float = 0.0
     max_queue: int = 512
     timeout_s: float = 30.0
+    max_result_bytes: int = 0  # bytes one request's answer may hold (0: no limit)
 
 
 @dataclass(slots=True)
@@ -78,19 +90,128 @@ class ModelStats:
     batches: dict[int, BatchStats] = field(default_factory=dict)  # by rows per execution
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     feeds: dict[str, np.ndarray]
     rows: int
     deadline: float
+    timeout_s: float
     future: asyncio.Future[dict[str, np.ndarray]]
-    key: tuple[Any, ...] = field(default=())
-    queued_ns: int = 0
-    stats: ModelStats = field(default_factory=ModelStats)
+    key: tuple[Any, ...]
+    queued_ns: int
+    running: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    """What a batch's worker thread hands back: per request its answer or its refusal."""
+
+    results: list[dict[str, np.ndarray] | ModelworksError]
+    executions: int
+    marks: tuple[int, int, int, int]  # started, stacked, inferred, ended (perf_counter_ns)
+
+
+def answer_bytes(outputs: dict[str, np.ndarray], limit: int) -> int:
+    """Bytes the arrays hold: numeric `nbytes`, and the UTF-8 length of each text element.
+    Stops counting once past `limit` (0: counts all), so a huge answer costs no more than a
+    refused one. Call it off the event loop: text is counted element by element."""
+    total = 0
+    for arr in outputs.values():
+        if arr.dtype.kind != "O":
+            total += arr.nbytes
+            continue
+        for x in arr.flat:
+            total += _text_bytes(x)
+            if limit and total > limit:
+                return total
+    return total
+
+
+def _text_bytes(x: Any) -> int:
+    if isinstance(x, bytes):
+        return len(x)
+    text = x if isinstance(x, str) else str(x)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def too_large(size: int, limit: int) -> PayloadTooLarge:
+    """The refusal of an answer over the response budget, naming the setting."""
+    return PayloadTooLarge(
+        f"the answer would hold at least {size} bytes, more than {MAX_RESPONSE_SETTING} "
+        f"({limit}) allows; "
+        "send fewer rows or ask for fewer outputs",
+        details={"limit": limit},
+    )
+
+
+class Worker:
+    """One thread running one batcher's batches, one at a time. The hand-off is a queue put
+    and a `call_soon_threadsafe` back: per request it took about 60% of the CPU a hop through
+    anyio's thread pool took. The thread ends after WORKER_IDLE_S without work and starts
+    again with the next batch."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((loop, future, fn, args))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                self._thread.start()
+        return await future
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=WORKER_IDLE_S)
+            except queue.Empty:
+                with self._lock:  # a job put before this check is still taken
+                    if self._jobs.empty():
+                        self._thread = None
+                        return
+                continue
+            _do(*job)
+            del job  # an idle thread keeps no batch (inputs, model) alive
+
+
+def _do(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+) -> None:
+    try:
+        outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+    except BaseException as exc:  # handed to the waiting coroutine
+        outcome = (None, exc)
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class Batcher:
-    def __init__(self, model: LoadedModel, settings: BatchSettings, name: str = "") -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: BatchSettings,
+        name: str = "",
+        *,
+        stats: ModelStats | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.name = name
@@ -100,22 +221,18 @@ class Batcher:
             (i.get("shape") or [0])[0] == -1 for i in model.signature.get("inputs", [])
         ) and bool(model.signature.get("inputs"))
         self.batches = 0
-        self._run_ema_s = 1.0  # unknown until measured: start off the loop
         self.on_batch: Any = None  # callback(size_rows, seconds) for metrics
-        self.stats = ModelStats()  # for requests submitted without their model version's own
+        self.stats = stats or ModelStats()  # the version's own: it outlives a reload
+        self.worker = Worker(f"batcher:{name}")
 
     @property
     def depth(self) -> int:
         return self.queue.qsize()
 
     async def submit(
-        self,
-        feeds: dict[str, np.ndarray],
-        timeout_s: float | None = None,
-        stats: ModelStats | None = None,
+        self, feeds: dict[str, np.ndarray], timeout_s: float | None = None
     ) -> dict[str, np.ndarray]:
-        """Run `feeds` in the next batch; `stats` counts it (versions with identical files
-        share a runtime and its batcher, but each keeps its own counts)."""
+        """Run `feeds` in the next batch; 504 at the deadline whatever the batch is doing."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"batcher:{self.name}"
@@ -123,37 +240,72 @@ class Batcher:
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
         loop = asyncio.get_running_loop()
+        timeout = timeout_s or self.settings.timeout_s
         # items whose non-batch dims differ cannot be stacked together
         key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in sorted(feeds.items()))
         item = _Item(
             feeds,
             rows,
-            loop.time() + (timeout_s or self.settings.timeout_s),
+            loop.time() + timeout,
+            timeout,
             loop.create_future(),
             key,
             time.perf_counter_ns(),
-            stats or self.stats,
         )
-        stats = item.stats
+        self._enqueue(item)
+        expiry = loop.call_at(item.deadline, self._expire, item)
+        try:
+            result = await item.future
+        except BaseException:
+            self.stats.fail.add(time.perf_counter_ns() - item.queued_ns)
+            raise
+        finally:
+            expiry.cancel()
+        self.stats.success.add(time.perf_counter_ns() - item.queued_ns)
+        return result
+
+    def _enqueue(self, item: _Item) -> None:
+        try:
+            self.queue.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            self._purge()
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            stats.fail.add(time.perf_counter_ns() - item.queued_ns)
+            self.stats.fail.add(time.perf_counter_ns() - item.queued_ns)
             raise ServiceUnavailable(
                 f"model {self.name!r} is at capacity ({self.settings.max_queue} requests queued); "
                 "retry shortly",
                 details={"retry_after": 1},
             ) from None
-        try:
-            result = await item.future
-        except BaseException:
-            stats.fail.add(time.perf_counter_ns() - item.queued_ns)
-            raise
-        stats.success.add(time.perf_counter_ns() - item.queued_ns)
-        return result
+
+    def _purge(self) -> None:
+        """Drop queued requests that already answered (deadline, disconnect): behind a stuck
+        run they would otherwise hold the queue's places until it ends."""
+        waiting = []
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        for it in waiting:
+            if not it.future.done():
+                self.queue.put_nowait(it)
+
+    def _expire(self, item: _Item) -> None:
+        if item.future.done():
+            return
+        if item.running:
+            message = (
+                f"model {self.name!r} was still running this request at its deadline "
+                f"({item.timeout_s:g} s); send fewer rows or smaller inputs, or retry later"
+            )
+        else:
+            message = (
+                f"model {self.name!r} did not start this request before its deadline "
+                f"({item.timeout_s:g} s); the server is overloaded, retry later"
+            )
+        item.future.set_exception(DeadlineExceeded(message))
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             item = await self.queue.get()
             batch = [item]
@@ -171,22 +323,8 @@ class Batcher:
                 ):
                     await asyncio.sleep(self.settings.max_delay_ms / 1000)
                     rows = self._drain(batch, rows)
-            now = loop.time()
-            live = []
-            for it in batch:
-                if it.future.done():
-                    continue
-                if it.deadline < now:
-                    it.future.set_exception(
-                        DeadlineExceeded(
-                            f"model {self.name!r} did not start this request before its deadline; "
-                            "the server is overloaded, retry later"
-                        )
-                    )
-                    continue
-                live.append(it)
             groups: dict[tuple[Any, ...], list[_Item]] = {}
-            for it in live:
+            for it in batch:
                 groups.setdefault(it.key, []).append(it)
             for group in groups.values():
                 await self._execute(group)
@@ -201,83 +339,106 @@ class Batcher:
             rows += nxt.rows
         return rows
 
-    async def _predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # a run shorter than a thread hand-off is cheaper on the loop than off it
-        if self._run_ema_s < INLINE_RUN_S:
-            return self.model.predict(feeds)
-        return await to_thread.run_sync(self.model.predict, feeds)
-
     async def _execute(self, group: list[_Item]) -> None:
-        started = time.perf_counter_ns()
-        executions = 1
-        total = sum(it.rows for it in group)
+        group = [it for it in group if not it.future.done()]  # not past its deadline, not gone
+        if not group:
+            return
+        loop = asyncio.get_running_loop()
+        options = run_options()
+        for it in group:
+            it.running = True
+        # once every request of the run is past its deadline, nobody waits for it: stop it
+        stop = loop.call_at(max(it.deadline for it in group), self._give_up, group, options)
+        feeds = [it.feeds for it in group]
+        rows = [it.rows for it in group]
         try:
-            if len(group) == 1:
-                stacked = group[0].feeds
-            else:
-                names = list(group[0].feeds)
-                stacked = {n: np.concatenate([it.feeds[n] for it in group]) for n in names}
-            stacked_at = time.perf_counter_ns()
-            out = await self._predict(stacked)
-            alone = None
-            if len(group) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in out.values()):
-                # the outputs do not follow the batch axis: run the requests one by one
-                alone = [await self._predict(it.feeds) for it in group]
-                executions += len(group)
-            inferred_at = time.perf_counter_ns()
-            if alone is not None:
-                results = alone
-            elif len(group) == 1:
-                results = [out]
-            else:
-                bounds = np.cumsum([it.rows for it in group])[:-1]
-                parts = {n: np.split(a, bounds) for n, a in out.items()}
-                results = [{n: parts[n][i] for n in out} for i in range(len(group))]
+            run: _Run = await self.worker.run(self._work, feeds, rows, options)
         except Exception as exc:
             for it in group:
                 if not it.future.done():
                     it.future.set_exception(exc)
             return
-        ended = time.perf_counter_ns()
+        finally:
+            stop.cancel()
+        started, _, _, ended = run.marks
         self.batches += 1
         seconds = (ended - started) / 1e9
-        self._run_ema_s = 0.8 * self._run_ema_s + 0.2 * seconds
-        self._count(group, total, executions, (started, stacked_at, inferred_at, ended))
-        total_rows = total or 1
+        total = sum(rows)
+        self._count(group, total, run.executions, run.marks)
+        total = total or 1
         if self.on_batch is not None:
-            self.on_batch(total_rows, seconds)
-        for it, res in zip(group, results, strict=True):
-            if not it.future.done():
-                # each request is billed its share of the run, by rows
-                res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total_rows)
-                it.future.set_result(res)
+            self.on_batch(total, seconds)
+        for it, res in zip(group, run.results, strict=True):
+            if it.future.done():
+                continue  # answered 504 at its deadline: the late result is dropped
+            if isinstance(res, ModelworksError):
+                it.future.set_exception(res)
+                continue
+            # each request is billed its share of the run, by rows
+            res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total)
+            it.future.set_result(res)
+
+    def _give_up(self, group: list[_Item], options: Any) -> None:
+        for it in group:
+            self._expire(it)
+        terminate(options)
+        log.warning("model %s: a run outlived every deadline in it; told it to stop", self.name)
+
+    def _work(self, feeds: list[dict[str, np.ndarray]], rows: list[int], options: Any) -> _Run:
+        """One batch in the worker thread: stack, run, split, measure."""
+        started = time.perf_counter_ns()
+        total = sum(rows)
+        if len(feeds) == 1:
+            stacked = feeds[0]
+        else:
+            stacked = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
+        stacked_at = time.perf_counter_ns()
+        out = self.model.predict(stacked, run_options=options)
+        executions = 1
+        alone = len(feeds) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in out.values())
+        if alone:  # the outputs do not follow the batch axis: run the requests one by one
+            results = [self.model.predict(f, run_options=options) for f in feeds]
+            executions += len(feeds)
+        inferred_at = time.perf_counter_ns()
+        if len(feeds) == 1:
+            results = [out]
+        elif not alone:
+            bounds = np.cumsum(rows)[:-1]
+            parts = {n: np.split(a, bounds) for n, a in out.items()}
+            results = [{n: parts[n][i] for n in out} for i in range(len(feeds))]
+        checked = [self._within_budget(r) for r in results]
+        return _Run(checked, executions, (started, stacked_at, inferred_at, time.perf_counter_ns()))
+
+    def _within_budget(
+        self, result: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray] | ModelworksError:
+        limit = self.settings.max_result_bytes
+        if limit <= 0:
+            return result
+        size = answer_bytes(result, limit)
+        return too_large(size, limit) if size > limit else result
 
     def _count(
         self, group: list[_Item], rows: int, executions: int, marks: tuple[int, int, int, int]
     ) -> None:
         started, stacked_at, inferred_at, ended = marks
         spans = (stacked_at - started, inferred_at - stacked_at, ended - inferred_at)
-        owners: dict[int, list[_Item]] = {}  # one, unless versions share this file
-        for it in group:
-            owners.setdefault(id(it.stats), []).append(it)
-        now_ms = time.time_ns() // 1_000_000
-        for items in owners.values():
-            stats, n = items[0].stats, len(items)
-            stats.inference_count += sum(it.rows for it in items)
-            stats.queue.count += n
-            stats.queue.ns += started * n - sum(it.queued_ns for it in items)
-            stats.last_inference_ms = now_ms
-            stats.execution_count += executions
-            batch = stats.batches.get(rows) or stats.batches.setdefault(rows, BatchStats())
-            # each request of a batch took the batch's time, as Triton counts it
-            for per_request, per_batch, span in (
-                (stats.compute_input, batch.compute_input, spans[0]),
-                (stats.compute_infer, batch.compute_infer, spans[1]),
-                (stats.compute_output, batch.compute_output, spans[2]),
-            ):
-                per_request.count += n
-                per_request.ns += span * n
-                per_batch.add(span)
+        stats, n = self.stats, len(group)
+        stats.inference_count += rows
+        stats.queue.count += n
+        stats.queue.ns += started * n - sum(it.queued_ns for it in group)
+        stats.last_inference_ms = time.time_ns() // 1_000_000
+        stats.execution_count += executions
+        batch = stats.batches.get(rows) or stats.batches.setdefault(rows, BatchStats())
+        # each request of a batch took the batch's time, as Triton counts it
+        for per_request, per_batch, span in (
+            (stats.compute_input, batch.compute_input, spans[0]),
+            (stats.compute_infer, batch.compute_infer, spans[1]),
+            (stats.compute_output, batch.compute_output, spans[2]),
+        ):
+            per_request.count += n
+            per_request.ns += span * n
+            per_batch.add(span)
 
     async def close(self) -> None:
         if self._task is not None:

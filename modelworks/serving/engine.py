@@ -3,6 +3,16 @@
 Resolving `name[:selector]` hits the database, so results are cached for a short time and
 dropped at once when this process changes the model (aliases, versions, deletes); other
 replicas see a change within `RESOLVE_TTL_S`.
+
+The cost of a request is bounded before work starts (SECURITY.md rule 11): an answer the
+signature already makes larger than the response budget is refused before anything runs, the
+request's rows are charged to the key's quotas, and only then is the model loaded and run.
+What the signature cannot tell (shapes chosen by the input) is measured after the run, off
+the event loop, against the same budget.
+
+Loads run in threads, at most LOADS_PER_PROJECT at once per project; the requests waiting for
+one hold no thread. So one tenant touching many cold models cannot take the threads every
+other request needs (database lookups, synchronous routes).
 """
 
 from __future__ import annotations
@@ -12,19 +22,20 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from modelworks.auth.keys import Principal
 from modelworks.cache import RefreshingCache
-from modelworks.context import note
+from modelworks.context import note, reserve
 from modelworks.errors import InvalidInput, ModelworksError, ServiceUnavailable
 from modelworks.registry import Registry, parse_model_ref
-from modelworks.serving.batcher import ModelStats
+from modelworks.serving.batcher import ModelStats, too_large
 from modelworks.serving.pool import ModelPool
-from modelworks.serving.target import Target
+from modelworks.serving.target import Target, output_bytes
 
 RESOLVE_TTL_S = 2.0
 REFRESH_S = 1.0  # how long others keep an expired entry while one caller refreshes it
+LOADS_PER_PROJECT = 2
 
 
 @dataclass
@@ -46,6 +57,7 @@ class Engine:
         registry.listeners.append(self.invalidate)
         # model version id -> its statistics (Triton's); they outlive an eviction and reload
         self.stats: dict[int, ModelStats] = {}
+        self._load_slots: dict[int, CapacityLimiter] = {}  # by project id
 
     def invalidate(self, project_id: int, name: str) -> None:
         self._cache.drop(lambda k: k[0] == project_id and k[1] == name)
@@ -117,19 +129,26 @@ class Engine:
         loaded = self.pool.loaded(target)
         if loaded is not None:  # the common case: no thread hop
             return loaded
-        return await to_thread.run_sync(self.pool.get, target)
+        slots = self._load_slots.get(target.project_id)
+        if slots is None:
+            slots = self._load_slots[target.project_id] = CapacityLimiter(LOADS_PER_PROJECT)
+        return await to_thread.run_sync(self.pool.get, target, limiter=slots)
 
     async def predict(
         self, target: Target, feeds: dict[str, np.ndarray], timeout_s: float | None = None
     ) -> Prediction:
         note(model=f"{target.model}:{target.version}")
+        first = next(iter(feeds.values()))
+        items = int(first.shape[0]) if first.ndim else 1
+        self._check_answer_size(target, items)
+        await reserve(items=items)
         runtime = await self.load(target)
-        batcher = self.pool.batcher(target, runtime)
         stats = self.stats.get(target.version_id)
         if stats is None:
             stats = self.stats.setdefault(target.version_id, ModelStats())
+        batcher = self.pool.batcher(target, runtime, stats)
         try:
-            outputs = await batcher.submit(feeds, timeout_s, stats)
+            outputs = await batcher.submit(feeds, timeout_s)
         except ModelworksError:
             raise
         except Exception:
@@ -137,10 +156,15 @@ class Engine:
                 "the model could not run on this input; "
                 "check shapes and value ranges against the model's signature"
             ) from None
-        first = next(iter(feeds.values()))
-        items = int(first.shape[0]) if first.ndim else 1
         tokens_arr = outputs.pop("_tokens", None)
         tokens = int(tokens_arr.sum()) if tokens_arr is not None else 0
         compute = outputs.pop("_compute_ms", None)
         note(items=items, tokens=tokens, compute_ms=float(compute) if compute is not None else 0.0)
         return Prediction(target, outputs, items, tokens)
+
+    def _check_answer_size(self, target: Target, rows: int) -> None:
+        """413 before anything runs when the outputs the signature fixes already exceed the
+        response budget for this many rows."""
+        limit = self.pool.max_response_bytes
+        if limit > 0 and (size := output_bytes(target.signature, rows)) > limit:
+            raise too_large(size, limit)

@@ -1,19 +1,31 @@
 """The model pool: loads runtimes off the event loop, warms them up, keeps them within a
-memory budget (least recently used first out) and gives each one a batcher.
+memory budget and gives each served version its own batcher.
 
-Entries are keyed by the serving artifact's digest, so versions with the same bytes share one
-session. An evicted or replaced runtime stays alive until its in-flight requests finish (they
-hold a reference), which is how a promotion drains the old version.
+What is shared and what is not (SECURITY.md rule 12): an entry belongs to one project's
+version and holds everything a tenant could feel: its batcher (queue, capacity, deadlines,
+statistics), its load error, its warm-up text, its place in the eviction order. Only memory is
+shared: versions whose artifacts are identical, in any project, use one loaded runtime (an
+ONNX Runtime session), counted once against the budget and unloaded with its last user. A
+load failure is an entry's own: another version of the same bytes tries its own load.
+
+The memory budget is shared fairly. Past it, the least recently used entry of the project
+using the most memory is unloaded first; a runtime shared by several projects counts a share
+to each. A project within its fair share (budget / projects with loaded models) keeps its
+models while another is over, so one tenant touching many models evicts its own. Entries with
+queued requests and the one just loaded are never unloaded. An unloaded runtime stays alive
+until its in-flight requests finish (they hold a reference), which is how a promotion drains
+the old version.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,33 +35,54 @@ import numpy as np
 
 from modelworks.errors import ModelworksError, ServiceUnavailable
 from modelworks.runtimes import LoadedModel, load
-from modelworks.serving.batcher import Batcher, BatchSettings
-from modelworks.serving.target import Target
+from modelworks.serving.batcher import Batcher, BatchSettings, ModelStats
+from modelworks.serving.target import Target, output_bytes
 from modelworks.store import ArtifactStore
 from modelworks.tensors import NUMPY_TYPES
 
 log = logging.getLogger("modelworks.serving")
 RETRY_FAILED_S = 10.0  # a model that failed to load is retried at most this often
-WARMUP_MAX_ELEMENTS = 1 << 22  # a larger warm-up input is skipped, not allocated
+WARMUP_MAX_BYTES = 16 * 1024 * 1024  # a larger warm-up (inputs and outputs) is skipped
+# a generated text element: numpy's pointer, the str ONNX Runtime is handed, its std::string
+TEXT_ELEMENT_BYTES = 64
 WARMUP_TEXT = b"0"  # text that also casts to a number (string models often parse numbers)
 REASON_CHARS = 300
 # an absolute path (POSIX, home-relative or Windows) up to the next blank or quote
 _PATH = re.compile(r"(?:(?<![\w.~/])/|~/|\b[A-Za-z]:\\)[^\s'\"]*")
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
 
+RuntimeKey = tuple[str, str, str]  # format, serving digest, source digest
+
+
+@dataclass
+class Runtime:
+    """A loaded artifact, shared by the entries (version ids) in `users`."""
+
+    key: RuntimeKey
+    model: LoadedModel
+    cost: int
+    warmup_error: str | None
+    users: set[int] = field(default_factory=set)
+
 
 @dataclass
 class Entry:
+    """One served version in this process: nothing here is shared with another version."""
+
     target: Target
     model: LoadedModel | None = None
+    runtime: Runtime | None = None
     batcher: Batcher | None = None
     error: str | None = None
     warmup_error: str | None = None  # the model serves; its synthetic warm-up input failed
     load_seconds: float = 0.0
-    cost: int = 0
     last_used: float = 0.0
     failed_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def runtime_key(target: Target) -> RuntimeKey:
+    return (target.format, target.digest, target.source_digest)
 
 
 def settle_heap() -> None:
@@ -61,17 +94,25 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def _element_bytes(datatype: str) -> int:
+    if datatype == "BYTES":
+        return TEXT_ELEMENT_BYTES
+    return int(np.dtype(NUMPY_TYPES.get(datatype, np.float32)).itemsize)
+
+
 def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """A generated batch-of-one input matching the signature; None when the declared shapes
-    are too large to allocate for a warm-up."""
-    shapes = {
-        spec["name"]: [1 if d == -1 else d for d in spec["shape"]]
-        for spec in signature.get("inputs", [])
-    }
-    if sum(int(np.prod(s, dtype=object)) for s in shapes.values()) > WARMUP_MAX_ELEMENTS:
+    """A generated batch-of-one input matching the signature; None when what the signature
+    declares (inputs, and the outputs it fixes) would take more than WARMUP_MAX_BYTES: a
+    99-byte model may declare gigabytes, and a load must not allocate them."""
+    specs = signature.get("inputs", [])
+    shapes = {spec["name"]: [1 if d == -1 else d for d in spec["shape"]] for spec in specs}
+    if any(d < 0 for shape in shapes.values() for d in shape):
+        return None
+    size = sum(math.prod(shapes[s["name"]]) * _element_bytes(s["datatype"]) for s in specs)
+    if size + output_bytes(signature, rows=1) > WARMUP_MAX_BYTES:
         return None
     feeds = {}
-    for spec in signature.get("inputs", []):
+    for spec in specs:
         shape = shapes[spec["name"]]
         if spec["datatype"] == "BYTES":
             feeds[spec["name"]] = np.full(shape, WARMUP_TEXT, dtype=np.object_)
@@ -103,13 +144,17 @@ class ModelPool:
         memory_budget_bytes: int = 0,
         queue_size: int = 512,
         timeout_s: float = 30.0,
+        max_response_bytes: int = 0,
     ) -> None:
         self.store = store
         self.threads = threads
         self.budget = memory_budget_bytes
         self.queue_size = queue_size
         self.timeout_s = timeout_s
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.max_response_bytes = max_response_bytes
+        self._entries: dict[int, Entry] = {}  # by model version id
+        self._runtimes: dict[RuntimeKey, Runtime] = {}
+        self._loading: dict[RuntimeKey, threading.Lock] = {}
         self._guard = threading.Lock()
         self.on_load: Callable[[Target, float], None] | None = None
         self.on_batch: Callable[[str, int, float], None] | None = None
@@ -122,10 +167,12 @@ class ModelPool:
 
     def _entry(self, target: Target) -> Entry:
         with self._guard:
-            entry = self._entries.get(target.digest)
-            if entry is None:
-                entry = self._entries[target.digest] = Entry(target)
-            self._entries.move_to_end(target.digest)
+            entry = self._entries.get(target.version_id)
+            if entry is not None and runtime_key(entry.target) == runtime_key(target):
+                return entry
+            if entry is not None:  # the version now serves another artifact (its export)
+                self._detach(entry)
+            entry = self._entries[target.version_id] = Entry(target)
             return entry
 
     def get(self, target: Target) -> LoadedModel:
@@ -144,7 +191,7 @@ class ModelPool:
                 )
             started = time.perf_counter()
             try:
-                model = load(target, self.store, threads=self.threads)
+                runtime = self._attach(entry)
             except ModelworksError as exc:
                 entry.error = exc.message
             except Exception as exc:
@@ -153,10 +200,9 @@ class ModelPool:
                     f"the runtime could not load this model: {runtime_message(exc, self._roots)}"
                 )
             else:
-                entry.warmup_error = self._warm_up(target, model)
-                entry.model = model
+                entry.warmup_error = runtime.warmup_error
+                entry.model = runtime.model
                 entry.error = None
-                entry.cost = target.memory_estimate
             entry.load_seconds = time.perf_counter() - started
             if entry.model is None:
                 entry.failed_at = time.monotonic()
@@ -169,8 +215,52 @@ class ModelPool:
             loaded = entry.model
         if self.settle_heap:
             settle_heap()
-        self._enforce_budget(keep=target.digest)
+        self._enforce_budget(keep=target.version_id)
         return loaded
+
+    def _attach(self, entry: Entry) -> Runtime:
+        """The entry's runtime: the one already loaded from the same artifact, else a new one
+        (loaded once however many versions ask at the same time)."""
+        key = runtime_key(entry.target)
+        with self._guard:
+            lock = self._loading.setdefault(key, threading.Lock())
+        with lock:
+            with self._guard:
+                runtime = self._runtimes.get(key)
+                if runtime is not None:
+                    return self._use(runtime, entry)
+            target = entry.target
+            try:
+                model = load(target, self.store, threads=self.threads)
+                warmup_error = self._warm_up(target, model)
+                with self._guard:
+                    return self._use(
+                        Runtime(key, model, target.memory_estimate, warmup_error), entry
+                    )
+            finally:
+                with self._guard:
+                    self._loading.pop(key, None)
+
+    def _use(self, runtime: Runtime, entry: Entry) -> Runtime:
+        """Count `entry` as a user of `runtime` (under the guard, with the lookup, so a runtime
+        found is not unloaded before it is used). An entry replaced meanwhile is served once
+        but not counted: the runtime goes when its requests end."""
+        if self._entries.get(entry.target.version_id) is entry:
+            runtime = self._runtimes.setdefault(runtime.key, runtime)
+            runtime.users.add(entry.target.version_id)
+            entry.runtime = runtime
+        return runtime
+
+    def _detach(self, entry: Entry) -> None:
+        """Forget an entry (under the guard); its runtime goes with its last user."""
+        if self._entries.get(entry.target.version_id) is entry:
+            del self._entries[entry.target.version_id]
+        runtime, entry.runtime = entry.runtime, None
+        if runtime is None:
+            return
+        runtime.users.discard(entry.target.version_id)
+        if not runtime.users and self._runtimes.get(runtime.key) is runtime:
+            del self._runtimes[runtime.key]
 
     def _warm_up(self, target: Target, model: LoadedModel) -> str | None:
         """Run one generated input so the first request does not pay for lazy setup. Only
@@ -178,7 +268,10 @@ class ModelPool:
         (text a graph casts to numbers, values a model checks), so a failure is reported."""
         feeds = warmup_feeds(model.signature)
         if feeds is None:
-            return f"warm-up skipped: the inputs declare more than {WARMUP_MAX_ELEMENTS} elements"
+            return (
+                f"warm-up skipped: the signature declares more than {WARMUP_MAX_BYTES} bytes "
+                "of inputs and outputs for one row"
+            )
         try:
             model.predict(feeds)
         except Exception as exc:
@@ -190,46 +283,56 @@ class ModelPool:
 
     def loaded(self, target: Target) -> LoadedModel | None:
         """The runtime if it is loaded already (cheap: no lock, no I/O)."""
-        entry = self._entries.get(target.digest)
-        if entry is None or entry.model is None:
+        entry = self._entries.get(target.version_id)
+        if entry is None or entry.model is None or entry.target.digest != target.digest:
             return None
         entry.last_used = time.monotonic()
         return entry.model
 
-    def batcher(self, target: Target, model: LoadedModel) -> Batcher:
-        """The batcher of a loaded runtime (created on first use, on the event loop); a
-        change of the model's serving options applies to its next batch."""
+    def batcher(
+        self, target: Target, model: LoadedModel, stats: ModelStats | None = None
+    ) -> Batcher:
+        """The version's batcher (created on first use, on the event loop); a change of the
+        model's serving options applies to its next batch. `stats` are the version's counts,
+        kept by the caller across reloads."""
         entry = self._entry(target)
         opts = target.batching
         if entry.batcher is not None and entry.batcher.model is model:
             settings = entry.batcher.settings
-            if (settings.max_batch_size, settings.max_delay_ms) != (
-                int(opts["max_batch_size"]),
-                float(opts["max_delay_ms"]),
-            ):
-                settings.max_batch_size = int(opts["max_batch_size"])
-                settings.max_delay_ms = float(opts["max_delay_ms"])
-        if entry.batcher is None or entry.batcher.model is not model:
-            entry.batcher = Batcher(
-                model,
-                BatchSettings(
-                    max_batch_size=int(opts["max_batch_size"]),
-                    max_delay_ms=float(opts["max_delay_ms"]),
-                    max_queue=self.queue_size,
-                    timeout_s=self.timeout_s,
-                ),
-                name=f"{target.model}:{target.version}",
-            )
-            if self.on_batch is not None:
-                hook = self.on_batch
-                name = entry.batcher.name
-                entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
+            settings.max_batch_size = int(opts["max_batch_size"])
+            settings.max_delay_ms = float(opts["max_delay_ms"])
+            return entry.batcher
+        entry.batcher = Batcher(
+            model,
+            BatchSettings(
+                max_batch_size=int(opts["max_batch_size"]),
+                max_delay_ms=float(opts["max_delay_ms"]),
+                max_queue=self.queue_size,
+                timeout_s=self.timeout_s,
+                max_result_bytes=self.max_response_bytes,
+            ),
+            name=f"{target.model}:{target.version}",
+            stats=stats,
+        )
+        if self.on_batch is not None:
+            hook = self.on_batch
+            name = entry.batcher.name
+            entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
         return entry.batcher
 
-    def status(self, digest: str) -> tuple[str, str]:
-        """('ready'|'loading'|'failed'|'unloaded', reason) of the serving artifact `digest` in
-        this process: why it failed to load, or what its warm-up said when it is ready."""
-        entry = self._entries.get(digest)
+    def status(self, version: Target | int | str) -> tuple[str, str]:
+        """('ready'|'loading'|'failed'|'unloaded', reason) of a served version (a Target or
+        its version id) in this process: why it failed to load, or what its warm-up said when
+        it is ready. A serving digest (the older form) answers for the most recently used
+        version of that artifact; prefer the version, whose texts are its own."""
+        if isinstance(version, str):
+            entry = max(
+                (e for e in self.entries() if e.target.digest == version),
+                key=lambda e: e.last_used,
+                default=None,
+            )
+        else:
+            entry = self._entries.get(version if isinstance(version, int) else version.version_id)
         if entry is None:
             return "unloaded", ""
         if entry.model is not None:
@@ -242,23 +345,52 @@ class ModelPool:
         with self._guard:
             return list(self._entries.values())
 
-    def _enforce_budget(self, keep: str) -> None:
+    def _enforce_budget(self, keep: int) -> None:
         if self.budget <= 0:
             return
         with self._guard:
-            total = sum(e.cost for e in self._entries.values() if e.model is not None)
-            for digest in list(self._entries):
-                if total <= self.budget:
-                    break
-                entry = self._entries[digest]
-                if digest == keep or entry.model is None:
-                    continue
-                if entry.batcher is not None and entry.batcher.depth > 0:
-                    continue  # busy: never unload under a queue
-                total -= entry.cost
-                del self._entries[digest]
-                log.info("unloaded %s:%s (memory budget)", entry.target.model, entry.target.version)
+            while (victim := self._victim(keep)) is not None:
+                self._detach(victim)
+                log.info(
+                    "unloaded %s:%s of project %s (memory budget)",
+                    victim.target.model,
+                    victim.target.version,
+                    victim.target.project_id,
+                )
+
+    def _victim(self, keep: int) -> Entry | None:
+        """The entry to unload next (under the guard), or None when within the budget or when
+        no project over its fair share has an idle entry to give back."""
+        if sum(r.cost for r in self._runtimes.values()) <= self.budget:
+            return None
+        usage = self._usage()
+        fair = self.budget / len(usage)
+        for project in sorted(usage, key=usage.__getitem__, reverse=True):
+            if usage[project] <= fair:
+                return None
+            idle = [
+                e
+                for e in self._entries.values()
+                if e.target.project_id == project
+                and e.runtime is not None
+                and e.target.version_id != keep
+                and (e.batcher is None or e.batcher.depth == 0)  # never unload under a queue
+            ]
+            if idle:
+                return min(idle, key=lambda e: e.last_used)
+        return None
+
+    def _usage(self) -> dict[int, float]:
+        """Memory per project: each runtime's cost split between the projects using it."""
+        usage: dict[int, float] = defaultdict(float)
+        for runtime in self._runtimes.values():
+            projects = {self._entries[v].target.project_id for v in runtime.users}
+            for project in projects:
+                usage[project] += runtime.cost / len(projects)
+        return usage
 
     def drop(self, digest: str) -> None:
+        """Forget every version serving `digest` (its blob was deleted)."""
         with self._guard:
-            self._entries.pop(digest, None)
+            for entry in [e for e in self._entries.values() if e.target.digest == digest]:
+                self._detach(entry)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+from modelworks.tensors import NUMPY_TYPES
 
 TEXT_TASKS = ("embeddings", "text-classification")
 # sensible batching by task: text models gain most from batching; tiny tabular models are
@@ -43,3 +48,18 @@ class Target:
     def memory_estimate(self) -> int:
         # an ONNX Runtime session holds about its weights plus arenas
         return int(self.size * 1.5) + 32 * 1024 * 1024
+
+
+def output_bytes(signature: dict[str, Any], rows: int) -> int:
+    """Bytes the outputs a signature fixes take for `rows` rows (a first axis of -1 is the
+    batch): a lower bound of an answer, known before the model runs. Outputs with another
+    variable axis, or text, are not counted."""
+    total = 0
+    for spec in signature.get("outputs", []):
+        datatype = spec.get("datatype")
+        if datatype == "BYTES" or datatype not in NUMPY_TYPES:
+            continue
+        dims = [rows if i == 0 and d == -1 else d for i, d in enumerate(spec.get("shape", []))]
+        if all(isinstance(d, int) and d >= 0 for d in dims):
+            total += math.prod(dims) * np.dtype(NUMPY_TYPES[datatype]).itemsize
+    return total
