@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from modelworks.errors import InternalError, PayloadTooLarge, UnsupportedFormat, ValidationFailed
+from modelworks.store import disk_space
 
 ARCHIVE_KINDS = ("zip", "tar")
 CHUNK = 1024 * 1024
@@ -151,7 +152,9 @@ class _Budget:
         self.total += size
         if self.total > self.limits.max_total_bytes:
             raise PayloadTooLarge(
-                f"the archive expands to more than {self.limits.max_total_bytes} bytes",
+                f"the archive expands to more than {self.limits.max_total_bytes} bytes; leave "
+                "out what the model does not need (checkpoints, caches) or ask the operator to "
+                "raise MODELWORKS_MAX_EXTRACT_BYTES",
                 details={"limit": self.limits.max_total_bytes},
             )
         if self.total > self.ratio_cap:
@@ -203,6 +206,15 @@ def _collision(name: str) -> ValidationFailed:
     )
 
 
+def _create(target: Path, name: SafeRelPath) -> IO[bytes]:
+    """A new regular file at `target`, never through a link, with fixed permissions."""
+    try:
+        fd = os.open(target, _CREATE, _FILE_MODE)
+    except FileExistsError:
+        raise _collision(name) from None
+    return os.fdopen(fd, "wb")
+
+
 def _write(root: Path, name: SafeRelPath, src: IO[bytes], budget: _Budget) -> None:
     target = root.joinpath(*name.parts)
     if not target.resolve().is_relative_to(root):
@@ -216,11 +228,7 @@ def _write(root: Path, name: SafeRelPath, src: IO[bytes], budget: _Budget) -> No
             # lstat, not stat: a symlink in the way must not be followed
             if not stat.S_ISDIR(os.lstat(folder).st_mode):
                 raise _collision(name) from None
-    try:
-        fd = os.open(target, _CREATE, _FILE_MODE)
-    except FileExistsError:
-        raise _collision(name) from None
-    with os.fdopen(fd, "wb") as out:
+    with _create(target, name) as out:
         while True:
             with _reading(name):
                 chunk = src.read(CHUNK)
@@ -332,19 +340,20 @@ def extract_archive(path: Path, dest: Path, limits: Limits = Limits()) -> list[s
     Returns the sorted names of the files written. On any error `dest` is removed before the
     error propagates, so a half-extracted folder never remains.
     """
-    _claim(dest)
-    try:
-        root = dest.resolve(strict=True)
-        kind = archive_kind(path)
-        budget = _Budget(limits, os.stat(path).st_size)
-        if kind == "zip":
-            return _extract_zip(path, root, budget)
-        if kind == "tar":
-            return _extract_tar(path, root, budget)
-        raise UnsupportedFormat(
-            "the upload is not a readable zip or tar archive; "
-            "pack the model folder with `zip -r` or `tar -czf`"
-        )
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
+    with disk_space():  # a full disk is a 507 that says so, not a 500
+        _claim(dest)
+        try:
+            root = dest.resolve(strict=True)
+            kind = archive_kind(path)
+            budget = _Budget(limits, os.stat(path).st_size)
+            if kind == "zip":
+                return _extract_zip(path, root, budget)
+            if kind == "tar":
+                return _extract_tar(path, root, budget)
+            raise UnsupportedFormat(
+                "the upload is not a readable zip or tar archive; "
+                "pack the model folder with `zip -r` or `tar -czf`"
+            )
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise

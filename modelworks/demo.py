@@ -82,6 +82,7 @@ def ensure_minilm(services: object, on_export: Callable[[], None] | None = None)
     from modelworks.api.services import Services
     from modelworks.errors import NotFound
     from modelworks.registry.formats import inspect_transformers
+    from modelworks.store import temp_prefix
 
     assert isinstance(services, Services)
     folder = minilm_folder()
@@ -105,7 +106,7 @@ def ensure_minilm(services: object, on_export: Callable[[], None] | None = None)
         created_by="modelworks demo",
     )
     scratch = services.store.scratch
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=temp_prefix("demo")) as tmp:
         archive = pack_folder(folder, Path(tmp) / "all-MiniLM-L6-v2.zip")
         signature = inspect_transformers(archive, "embeddings", scratch)
         blob = services.store.put_file(archive, services.settings.max_upload_bytes)
@@ -132,6 +133,7 @@ def ensure_demo(services: object) -> bool:
     from modelworks.api.services import Services
     from modelworks.errors import NotFound
     from modelworks.registry.formats import inspect_onnx
+    from modelworks.store import temp_prefix
 
     assert isinstance(services, Services)
     reg = services.registry
@@ -149,7 +151,7 @@ def ensure_demo(services: object) -> bool:
         tags={"domain": "predictive-maintenance", "demo": "true"},
         created_by="modelworks demo",
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=services.store.scratch, prefix=temp_prefix("demo")) as tmp:
         path = build_demo_onnx(Path(tmp) / "pump-failure.onnx")
         signature = inspect_onnx(path)
         blob = services.store.put_file(path, services.settings.max_upload_bytes)

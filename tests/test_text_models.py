@@ -506,7 +506,11 @@ def test_failed_export_is_recorded_without_server_paths(
 ) -> None:
     go_offline(monkeypatch)
     broken = shutil.copytree(folders.classifier, tmp_path / "broken")
-    (broken / "model.safetensors").write_bytes(b"these are not safetensors weights\n" * 64)
+    # well-formed safetensors (uploads validate headers) holding a weight that fits no BERT
+    from safetensors.numpy import save_file
+
+    weight = {"bert.embeddings.word_embeddings.weight": np.zeros((2, 2), np.float32)}
+    save_file(weight, str(broken / "model.safetensors"), metadata={"format": "pt"})
     create_model(http, CLASSIFIER, "text-classification")
     r = upload(http, CLASSIFIER, pack_folder(broken, tmp_path / "broken.zip"))
     assert r.status_code == 201, r.text

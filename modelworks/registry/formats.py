@@ -1,17 +1,22 @@
 """Format detection and signature extraction for uploaded model files.
 
 A model file is data, never code: ONNX is accepted; pickle-based formats are refused with a
-message on how to convert.
+message on how to convert. A Hugging Face folder may hold only data members, each checked by
+content (folder_members); ONNX structure is checked by onnx_check before ONNX Runtime sees it.
 """
 
 from __future__ import annotations
 
-import os
 import zipfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 from modelworks.errors import UnsupportedFormat, ValidationFailed
+from modelworks.registry.folder_members import check_members
+from modelworks.settings import Settings
+
+if TYPE_CHECKING:
+    from modelworks.runtimes.text import TextConfig
 
 ACCEPTED = [
     "ONNX (.onnx)",
@@ -23,6 +28,8 @@ CONVERT_HINT = (
     "`modelworks convert` (skl2onnx), Keras/TensorFlow models with tf2onnx; save Hugging Face "
     "models with save_pretrained(dir, safe_serialization=True) and upload the folder zipped"
 )
+# what inspection assumes when a caller passes no limit: the setting's default
+DEFAULT_MAX_TENSOR_ELEMENTS = int(Settings.model_fields["max_tensor_elements"].default)
 UNSAFE_SUFFIXES = {
     ".pkl",
     ".pickle",
@@ -36,8 +43,6 @@ UNSAFE_SUFFIXES = {
     ".npy",
     ".npz",
 }
-# operator domains ONNX Runtime implements itself; anything else would need a custom-op library
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 
 # ONNX TensorProto element type -> Open Inference Protocol datatype
 ONNX_TO_OIP = {
@@ -90,9 +95,19 @@ def _zip_holds_pickle(path: Path) -> bool:
 
 
 def detect_and_inspect(
-    path: Path, filename: str, task: str = "tensor", scratch: Path | None = None
+    path: Path,
+    filename: str,
+    task: str = "tensor",
+    scratch: Path | None = None,
+    *,
+    max_tensor_elements: int | None = None,
+    max_extract_bytes: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Return (format, signature) for the uploaded file at `path`, or raise a 4xx error."""
+    """Return (format, signature) for the uploaded file at `path`, or raise a 4xx error.
+
+    `max_tensor_elements` bounds declared input shapes (MODELWORKS_MAX_TENSOR_ELEMENTS) and
+    `max_extract_bytes` the scratch space an archive may unpack to; None means the default.
+    """
     from modelworks.archives import archive_kind
 
     with open(path, "rb") as fh:
@@ -101,59 +116,86 @@ def detect_and_inspect(
     if head.startswith(b"PK\x03\x04") and _zip_holds_pickle(path):
         raise _refuse_unsafe("PyTorch/TorchScript archive")
     if archive_kind(path) is not None:
-        return "transformers", inspect_transformers(path, task, scratch or path.parent)
-    return "onnx", inspect_onnx(path)
+        signature = inspect_transformers(
+            path,
+            task,
+            scratch or path.parent,
+            max_extract_bytes=max_extract_bytes,
+            max_tensor_elements=max_tensor_elements,
+        )
+        return "transformers", signature
+    return "onnx", inspect_onnx(path, max_tensor_elements=max_tensor_elements)
 
 
 TEXT_TASKS = ("embeddings", "text-classification")
 
 
-def inspect_transformers(path: Path, task: str, scratch: Path) -> dict[str, Any]:
-    """A zip/tar of a Hugging Face folder: config.json, *.safetensors, tokenizer.json."""
-    import json
+def _split_root(members: list[str]) -> tuple[str, list[str]]:
+    """(top folder shared by every member or '', the member names below it)."""
+    tops = {m.split("/", 1)[0] for m in members}
+    if len(tops) == 1 and all("/" in m for m in members):
+        root = next(iter(tops))
+        return root, [m[len(root) + 1 :] for m in members]
+    return "", members
+
+
+def _check_folder(folder: Path, files: list[str], max_tensor_elements: int) -> None:
+    """Pickles are 415 (they run code); other unaccepted or malformed members are 422."""
+    unsafe = sorted(f for f in files if PurePosixPath(f).suffix.lower() in UNSAFE_SUFFIXES)
+    if unsafe:
+        raise _refuse_unsafe(f"the folder holds {unsafe[0]!r}; pickle-based weights")
+    check_members(folder, files, max_tensor_elements)
+    missing = [f for f in ("config.json", "tokenizer.json") if f not in files]
+    if not any(f.endswith(".safetensors") for f in files):
+        missing.append("*.safetensors")
+    if missing:
+        raise ValidationFailed(
+            f"the model folder lacks {', '.join(missing)}; save it with "
+            "model.save_pretrained(dir, safe_serialization=True) and "
+            "tokenizer.save_pretrained(dir), then zip the folder"
+        )
+
+
+def inspect_transformers(
+    path: Path,
+    task: str,
+    scratch: Path,
+    *,
+    max_extract_bytes: int | None = None,
+    max_tensor_elements: int | None = None,
+) -> dict[str, Any]:
+    """A zip/tar of a Hugging Face folder: config.json, *.safetensors, tokenizer.json.
+
+    It is unpacked (bounded by `max_extract_bytes`) into `scratch`, every member is checked
+    against the allow-list and by content, and the scratch copy is removed again.
+    """
     import shutil
     import tempfile
 
-    from modelworks.archives import extract_archive
+    from modelworks.archives import Limits, extract_archive
+    from modelworks.runtimes.text import TextConfig
+    from modelworks.store import temp_prefix
 
     if task not in TEXT_TASKS:
         raise ValidationFailed(
             "this upload is a Hugging Face model folder; its model needs the task 'embeddings' "
             "or 'text-classification' (modelworks models create NAME --task embeddings)"
         )
-    tmp = Path(tempfile.mkdtemp(dir=scratch, prefix="inspect-"))
+    limits = Limits() if max_extract_bytes is None else Limits(max_total_bytes=max_extract_bytes)
+    tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=temp_prefix("inspect")))
     try:
-        members = extract_archive(path, tmp / "x")
-        tops = {m.split("/", 1)[0] for m in members}
-        root = next(iter(tops)) if len(tops) == 1 and all("/" in m for m in members) else ""
-        files = [m[len(root) + 1 :] if root else m for m in members]
-        unsafe = sorted(f for f in files if PurePosixPath(f).suffix.lower() in UNSAFE_SUFFIXES)
-        if unsafe:
-            raise _refuse_unsafe(f"the folder holds {unsafe[0]!r}; pickle-based weights") from None
-        missing = [f for f in ("config.json", "tokenizer.json") if f not in files]
-        if not any(f.endswith(".safetensors") for f in files):
-            missing.append("*.safetensors")
-        if missing:
-            raise ValidationFailed(
-                f"the model folder lacks {', '.join(missing)}; save it with "
-                "model.save_pretrained(dir, safe_serialization=True) and "
-                "tokenizer.save_pretrained(dir), then zip the folder"
-            )
-        from modelworks.runtimes.text import TextConfig
-
-        cfg = TextConfig(tmp / "x" / root if root else tmp / "x")
+        root, files = _split_root(extract_archive(path, tmp / "x", limits))
+        folder = tmp / "x" / root if root else tmp / "x"
+        _check_folder(folder, files, max_tensor_elements or DEFAULT_MAX_TENSOR_ELEMENTS)
+        cfg = TextConfig(folder)
         if not cfg.config:
-            raise ValidationFailed("config.json is not a JSON object")
-        try:
-            json.loads(
-                (tmp / "x" / root / "tokenizer.json").read_text()
-                if root
-                else (tmp / "x" / "tokenizer.json").read_text()
-            )
-        except (ValueError, UnicodeDecodeError):
-            raise ValidationFailed("tokenizer.json is not valid JSON") from None
+            raise ValidationFailed("config.json is not a JSON object; save it with save_pretrained")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return _text_signature(cfg, task, root)
+
+
+def _text_signature(cfg: TextConfig, task: str, root: str) -> dict[str, Any]:
     text_in = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     sig: dict[str, Any] = {
         "inputs": text_in,
@@ -189,11 +231,22 @@ def _dims(type_proto: Any) -> list[int]:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in shape.dim]
 
 
-def inspect_onnx(path: Path) -> dict[str, Any]:
+def inspect_onnx(path: Path, *, max_tensor_elements: int | None = None) -> dict[str, Any]:
+    """Signature of an ONNX model, after checking every tensor, node, subgraph and function.
+
+    `max_tensor_elements` bounds the element count of a fixed input shape (None: default).
+    """
     import onnx
     from google.protobuf.message import DecodeError
-    from onnx.external_data_helper import _get_all_tensors
 
+    from modelworks.registry.onnx_check import check_declared_shapes, check_structure
+
+    with open(path, "rb") as fh:
+        if fh.read(8)[4:] == b"ORTM":  # ONNX Runtime would load it as its own format, unchecked
+            raise UnsupportedFormat(
+                "ONNX Runtime's .ort format is not accepted; upload the .onnx model instead",
+                details={"accepted": ACCEPTED},
+            )
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError, TypeError):
@@ -201,24 +254,9 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
     graph = model.graph
     if model.ir_version <= 0 or not model.opset_import or not graph.output or not graph.node:
         raise _not_onnx()
-    domains = {op.domain for op in model.opset_import} | {n.domain for n in graph.node}
-    custom = sorted(d for d in domains if d not in STANDARD_DOMAINS)
-    if custom:
-        raise ValidationFailed(
-            f"the model uses custom operator domains {custom}; only standard ONNX operators "
-            "(and ONNX Runtime's built-in com.microsoft ops) are served"
-        )
-    for tensor in _get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        _check_external_location(location, tensor.name)
-        # a single uploaded file has no sibling files: external weights cannot be present
-        raise ValidationFailed(
-            f"tensor {tensor.name!r} keeps its data in an external file {location!r}, which was "
-            "not uploaded; save the model with its weights inside "
-            "(onnx.save_model(m, path, save_as_external_data=False))"
-        )
+    limit = max_tensor_elements or DEFAULT_MAX_TENSOR_ELEMENTS
+    check_structure(model, limit)
+    check_declared_shapes(graph, limit)
     initializers = {i.name for i in graph.initializer}
     inputs = [
         {
@@ -245,21 +283,3 @@ def inspect_onnx(path: Path) -> dict[str, Any]:
         ),
         "producer": model.producer_name,
     }
-
-
-def _check_external_location(location: str, tensor: str) -> None:
-    """External data must name a plain relative file inside the version's own folder."""
-    bad = (
-        not location
-        or "\x00" in location
-        or os.path.isabs(location)
-        or PureWindowsPath(location).is_absolute()
-        or PureWindowsPath(location).drive != ""
-        or any(part == ".." for part in PureWindowsPath(location).parts)
-        or any(part == ".." for part in PurePosixPath(location).parts)
-    )
-    if bad:
-        raise ValidationFailed(
-            f"tensor {tensor!r} points its external data outside the model's folder; "
-            "external data must be a relative file name next to the model"
-        )
