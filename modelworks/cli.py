@@ -29,6 +29,7 @@ from modelworks.commands.keys import keys_app
 from modelworks.commands.models import models_app
 from modelworks.commands.projects import audit, csv_cell, projects_app, usage
 from modelworks.commands.settings import is_loopback, settings_from
+from modelworks.quiet import confine
 
 __all__ = ["app", "csv_cell", "main"]
 
@@ -69,6 +70,7 @@ def serve(
                 "or bind 127.0.0.1.",
                 code=2,
             )
+        confine(settings.home)  # before anything below imports a runtime
         from modelworks.api.services import Services
         from modelworks.db import upgrade
 
@@ -88,8 +90,6 @@ def serve(
 def _start(settings: Any, services: Any, demo: bool, on_ready: Callable[[], None]) -> None:
     """Register the demo models if asked, then serve; `on_ready` runs once requests are
     accepted, so what it prints comes after the demo's messages and uvicorn's start-up lines."""
-    import uvicorn
-
     from modelworks.api.app import create_app
     from modelworks.serving.pool import settle_heap
 
@@ -110,15 +110,26 @@ def _start(settings: Any, services: Any, demo: bool, on_ready: Callable[[], None
     app = create_app(settings, services)
     services.pool.settle_heap = True
     settle_heap()
-    config = uvicorn.Config(
+    ready_server(server_config(app, settings), on_ready).run()
+
+
+def server_config(app: Any, settings: Any) -> Any:
+    """uvicorn's configuration for `app`. Forwarded headers (`X-Forwarded-For`) are believed
+    only from MODELWORKS_TRUSTED_PROXIES: uvicorn's default believes any local process, which
+    would let it pick the address the audit log and the failure throttle see."""
+    import uvicorn
+
+    proxies = settings.proxies
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies,
     )
-    ready_server(config, on_ready).run()
 
 
 class KeyBanner:
@@ -222,6 +233,8 @@ def convert(
     It unpickles the file, so convert only files you trust; then upload the ONNX with
     `modelworks models push`. The server never loads a pickle.
     """
+    with handled():
+        confine(settings_from().home)  # skl2onnx may load ONNX Runtime
     from modelworks.convert import load_sklearn, sklearn_to_onnx
 
     try:

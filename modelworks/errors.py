@@ -5,12 +5,14 @@
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
+    ├── MethodNotAllowed (405)
     ├── Conflict (409)
     ├── PayloadTooLarge (413)
     ├── UnsupportedFormat (415)
     ├── ValidationFailed (422)
     ├── TooManyRequests (429)
     ├── ServiceUnavailable (503)
+    ├── InsufficientStorage (507)
     └── InternalError (500)
 
 The API turns these into one JSON envelope in one place; the SDK maps envelopes back to the
@@ -64,6 +66,13 @@ class NotFound(ModelworksError):
     code = "not_found"
 
 
+class MethodNotAllowed(ModelworksError):
+    """The path exists, not with this method; the answer's `Allow` header lists those it takes."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(ModelworksError):
     status = 409
     code = "conflict"
@@ -94,6 +103,13 @@ class ServiceUnavailable(ModelworksError):
     code = "service_unavailable"
 
 
+class InsufficientStorage(ModelworksError):
+    """The server's disk is full; nothing the client sends differently will help."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class InternalError(ModelworksError):
     status = 500
     code = "internal_error"
@@ -107,12 +123,14 @@ ERRORS_BY_CODE: dict[str, type[ModelworksError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
         UnsupportedFormat,
         ValidationFailed,
         TooManyRequests,
         ServiceUnavailable,
+        InsufficientStorage,
         InternalError,
     )
 }
@@ -121,12 +139,14 @@ ERRORS_BY_STATUS: dict[int, type[ModelworksError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    405: MethodNotAllowed,
     409: Conflict,
     413: PayloadTooLarge,
     415: UnsupportedFormat,
     422: ValidationFailed,
     429: TooManyRequests,
     503: ServiceUnavailable,
+    507: InsufficientStorage,
 }
 
 

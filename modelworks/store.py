@@ -3,25 +3,124 @@
 Uploads stream into a temporary file inside the store, are hashed while written, capped in
 size, fsynced and renamed into place; only then may a database row point at them. The local
 folder is the default; any fsspec URL (s3://, gs://, memory://, ...) works through fsspec.
+
+Temporary names carry the writing process's identity (`temp_prefix`), so a start removes
+what a crashed process left behind without touching a live replica's uploads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import os
 import re
 import secrets
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from modelworks.crypto import ArtifactCipher
-from modelworks.errors import InternalError, PayloadTooLarge, ValidationFailed
+from modelworks.errors import InsufficientStorage, InternalError, PayloadTooLarge, ValidationFailed
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 CHUNK = 1024 * 1024
+DISK_FULL = (
+    "the server's disk is full; free space under MODELWORKS_HOME (or the artifact store) "
+    "or ask an operator, then retry"
+)
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# `<kind>-<host>.<pid>.<start>-<random>`: see `temp_prefix`
+_TEMP_NAME = re.compile(r"[a-z]+-(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]+)\.(?P<start>[0-9]+)-")
+
+
+@contextlib.contextmanager
+def disk_space() -> Iterator[None]:
+    """A full disk (or quota) becomes a 507 that says so, instead of a 500 or a misleading
+    4xx from whatever was writing."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL_ERRNOS:
+            raise InsufficientStorage(DISK_FULL) from None
+        raise
+
+
+def _process_start(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, from /proc), "0" where the system has no
+    /proc, None when no such process runs. With the pid, it names one process: a pid reused
+    by a later process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # it exists, under another user
+        return "0"
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count after the last ')'
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+@functools.cache
+def _host_token() -> str:
+    """Names this pid namespace on this boot: pids are only comparable inside it (replicas
+    in containers on one machine share the boot id but not their pids)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+_owners: dict[int, str] = {}
+
+
+def temp_prefix(kind: str) -> str:
+    """`<kind>-<host>.<pid>.<start>-`: the start of a temporary name this process owns.
+
+    `ArtifactStore.clean_scratch` removes such an entry once its process is gone."""
+    pid = os.getpid()  # per pid: a forked child is another owner
+    if pid not in _owners:
+        _owners[pid] = f"{_host_token()}.{pid}.{_process_start(pid) or 0}"
+    return f"{kind}-{_owners[pid]}-"
+
+
+def _owner_gone(name: str) -> bool | None:
+    """True when the temporary entry `name` belongs to a dead process of this host, False
+    when its process lives, None when that cannot be told here (another host, an old name)."""
+    m = _TEMP_NAME.match(name)
+    if m is None or m["host"] != _host_token():
+        return None
+    return _process_start(int(m["pid"])) != m["start"]
+
+
+def _newest_mtime(path: Path) -> float:
+    """The last write under `path`: a folder being filled is as young as its newest file."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for sub in path.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, sub.lstat().st_mtime)
+    return newest
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class Digest(str):
@@ -75,8 +174,9 @@ class Upload:
         self.max_bytes = max_bytes
         self._hash = hashlib.sha256()
         self.size = 0
-        self.path = store.scratch / f"upload-{secrets.token_hex(12)}.part"
-        self._fh: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - closed in commit/abort
+        self.path = store.scratch / f"{temp_prefix('upload')}{secrets.token_hex(12)}.part"
+        with disk_space():
+            self._fh: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - closed in commit/abort
 
     def write(self, data: bytes | memoryview) -> None:
         assert self._fh is not None, "upload already finished"
@@ -89,13 +189,19 @@ class Upload:
                 details={"limit": self.max_bytes},
             )
         self._hash.update(data)
-        self._fh.write(data)
+        try:
+            with disk_space():
+                self._fh.write(data)
+        except InsufficientStorage:
+            self.abort()  # give the space back at once
+            raise
 
     def sync(self) -> None:
         """Flush and fsync the bytes written so far (blocking; run it off the event loop)."""
         assert self._fh is not None
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with disk_space():
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     @property
     def digest(self) -> Digest:
@@ -110,14 +216,16 @@ class Upload:
         self._fh = None
         blob = Blob(self.digest, self.size)
         try:
-            self._store._adopt(self.path, blob.digest)
+            with disk_space():
+                self._store._adopt(self.path, blob.digest)
         finally:
             self.path.unlink(missing_ok=True)
         return blob
 
     def abort(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a full disk may refuse the last flush
+                self._fh.close()
             self._fh = None
         self.path.unlink(missing_ok=True)
 
@@ -132,11 +240,21 @@ class ArtifactStore:
     """Blobs addressed by digest under `blobs/sha256/<2 hex>/<62 hex>`."""
 
     def __init__(
-        self, url: str, scratch: Path | None = None, cipher: ArtifactCipher | None = None
+        self,
+        url: str,
+        scratch: Path | None = None,
+        cipher: ArtifactCipher | None = None,
+        max_extract_bytes: int | None = None,
     ) -> None:
         import fsspec
 
+        from modelworks.archives import Limits
+
         self.url = url
+        # what unpacking one archive may write (MODELWORKS_MAX_EXTRACT_BYTES)
+        self.extract_limits = (
+            Limits(max_total_bytes=max_extract_bytes) if max_extract_bytes else Limits()
+        )
         # with a cipher, blobs are stored encrypted; plaintext copies the runtimes read live
         # in a local cache outside the store (`scratch/plain`), each checked by digest
         self.cipher = cipher
@@ -178,7 +296,7 @@ class ArtifactStore:
 
     def _adopt(self, temp: Path, digest: Digest) -> None:
         if self.cipher is not None:
-            sealed = temp.with_suffix(".sealed")
+            sealed = temp.with_suffix(".sealed")  # keeps the temp name's owner
             try:
                 self.cipher.encrypt_file(temp, sealed)
                 os.replace(sealed, temp)
@@ -218,9 +336,13 @@ class ArtifactStore:
         else:
             path = self.cache / d.hex
             if not path.is_file():
-                tmp = self.cache / f"{d.hex}.{secrets.token_hex(6)}.part"
-                self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp))
-                os.replace(tmp, path)
+                tmp = self.cache / f"{temp_prefix('fetch')}{secrets.token_hex(6)}.part"
+                try:
+                    with disk_space():
+                        self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp))
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
         self.verify(path, d)
         return path
 
@@ -230,17 +352,19 @@ class ArtifactStore:
         if path.is_file():
             self.verify(path, d)
             return path
-        tmp_sealed = self.plain / f"{d.hex}.{secrets.token_hex(6)}.sealed"
-        tmp_plain = self.plain / f"{d.hex}.{secrets.token_hex(6)}.part"
+        tmp_sealed = self.plain / f"{temp_prefix('sealed')}{secrets.token_hex(6)}.part"
+        tmp_plain = self.plain / f"{temp_prefix('plain')}{secrets.token_hex(6)}.part"
         try:
             if self.local:
                 sealed = confined(self.root, rel)
                 if not sealed.is_file():
                     raise CorruptArtifact(f"artifact {d} is missing from the store")
             else:
-                self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp_sealed))
+                with disk_space():
+                    self.fs.get_file(f"{self._fs_root.rstrip('/')}/{rel}", str(tmp_sealed))
                 sealed = tmp_sealed
-            self.cipher.decrypt_file(sealed, tmp_plain)
+            with disk_space():
+                self.cipher.decrypt_file(sealed, tmp_plain)
             self.verify(tmp_plain, d)
             os.replace(tmp_plain, path)
         finally:
@@ -259,23 +383,25 @@ class ArtifactStore:
                 f"artifact {digest} failed its digest check; re-upload the version"
             )
 
-    def unpacked(self, digest: str) -> Path:
-        """The blob (a zip or tar of a model folder) extracted once into a local cache."""
-        import shutil
+    def _unpacked_root(self) -> Path:
+        if self.cipher is not None:
+            return self.plain / "unpacked"
+        return (self.root if self.local else self.cache) / "unpacked"
 
+    def unpacked(self, digest: str) -> Path:
+        """The blob (a zip or tar of a model folder) extracted once into a local cache,
+        within `extract_limits`."""
         from modelworks.archives import extract_archive
 
         d = Digest(digest)
-        if self.cipher is not None:
-            root = self.plain / "unpacked"
-        else:
-            root = (self.root if self.local else self.cache) / "unpacked"
+        root = self._unpacked_root()
         target = root / d.hex
         if target.is_dir():
             return target
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"{d.hex}.{secrets.token_hex(6)}.tmp"
-        extract_archive(self.local_path(d), tmp)
+        tmp = root / f"{temp_prefix('unpack')}{secrets.token_hex(6)}.tmp"
+        with disk_space():
+            extract_archive(self.local_path(d), tmp, self.extract_limits)
         try:
             os.replace(tmp, target)
         except OSError:  # another thread unpacked it first
@@ -289,14 +415,10 @@ class ArtifactStore:
     def delete(self, digest: str) -> None:
         rel = self._relative(Digest(digest))
         if self.cipher is not None:
-            import shutil
-
             (self.plain / Digest(digest).hex).unlink(missing_ok=True)
             shutil.rmtree(self.plain / "unpacked" / Digest(digest).hex, ignore_errors=True)
         if self.local:
             confined(self.root, rel).unlink(missing_ok=True)
-            import shutil
-
             shutil.rmtree(self.root / "unpacked" / Digest(digest).hex, ignore_errors=True)
         else:
             remote = f"{self._fs_root.rstrip('/')}/{rel}"
@@ -304,13 +426,30 @@ class ArtifactStore:
                 self.fs.rm_file(remote)
             (self.cache / Digest(digest).hex).unlink(missing_ok=True)
 
+    def _temp_folders(self) -> list[Path]:
+        folders = [self.scratch, self._unpacked_root()]
+        if self.cipher is not None:
+            folders.append(self.plain)
+        if not self.local:
+            folders.append(self.cache)
+        return [f for f in folders if f.is_dir()]
+
     def clean_scratch(self, older_than_s: float = 3600.0) -> int:
-        """Remove temp files a crash left behind; recent ones may be another replica's upload."""
+        """Remove what interrupted processes left behind (temp uploads, half-unpacked
+        archives, export folders); returns how many entries went.
+
+        An entry of a dead process of this host goes at once. One whose owner cannot be
+        checked from here (another replica's host sharing the store, an unnamed file) goes
+        only once nothing has written to it for `older_than_s`."""
         removed = 0
         cutoff = time.time() - older_than_s
-        for p in self.scratch.glob("upload-*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-                    removed += 1
+        for folder in self._temp_folders():
+            for entry in folder.iterdir():
+                if not (_TEMP_NAME.match(entry.name) or entry.name.startswith("upload-")):
+                    continue  # not a temporary name: leave it alone
+                gone = _owner_gone(entry.name)
+                with contextlib.suppress(FileNotFoundError):
+                    if gone or (gone is None and _newest_mtime(entry) < cutoff):
+                        _remove(entry)
+                        removed += 1
         return removed

@@ -136,7 +136,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+                proxy_headers=False,  # as `modelworks serve` without MODELWORKS_TRUSTED_PROXIES
             )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)

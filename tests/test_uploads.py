@@ -451,7 +451,6 @@ def test_non_multipart_body(
         ("application/octet-stream", onnx_bytes(tmp_path)),
         ("application/x-www-form-urlencoded", b"file=model.onnx"),
         ("text/plain", b"model"),
-        ("multipart/form-data", b"--x\r\n"),  # no boundary
         ("multipart/mixed; boundary=x", b"--x--\r\n"),
     ]:
         r = http.post(VERSIONS, content=content, headers={"Content-Type": content_type})
@@ -459,6 +458,10 @@ def test_non_multipart_body(
         assert "multipart/form-data" in message(r)
     r = http.post(VERSIONS, content=b"no content type at all")
     assert r.status_code == 415, r.text
+    # multipart without a boundary is a malformed multipart body (tests/security/test_17)
+    r = http.post(VERSIONS, content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 400, r.text
+    assert "boundary" in message(r) and "curl -F file=@" in message(r)
     assert_nothing_stored(http, services)
 
 

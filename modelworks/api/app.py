@@ -15,7 +15,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse
 
 from modelworks import __version__
-from modelworks.api import audit, errors, health, keys, models, projects, usage
+from modelworks.api import audit, docs, errors, health, keys, models, projects, usage
 from modelworks.api.auth import require
 from modelworks.api.encoding import Compress
 from modelworks.api.fastpath import InferFastPath
@@ -27,13 +27,19 @@ from modelworks.api.protocols import hf, openai, tfserving, v2
 from modelworks.api.services import Services
 from modelworks.auth.keys import Principal
 from modelworks.errors import Forbidden
+from modelworks.quiet import confine
 from modelworks.settings import Settings
 
 USAGE_FLUSH_S = 2.0
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the app on an already migrated database (`modelworks db upgrade`)."""
+    """Build the app on an already migrated database (`modelworks db upgrade`).
+
+    It confines the process first (no telemetry, caches under the home): a server that
+    embeds the app may call this before anything imports a runtime. The hub's offline
+    switches are left to `modelworks serve`: they would also stop the host's own clients."""
+    confine(settings.home, offline=False)
     svc = services or Services.build(settings)
 
     async def flush_usage_forever() -> None:
@@ -59,11 +65,17 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         version=__version__,
         summary="Register, serve and meter models over the protocols real clients speak.",
         lifespan=lifespan,
+        # served by api/docs.py: behind a key, assets from the package
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.services = svc
     errors.install(app)
     for module in (health, models, keys, projects, usage, audit, v2, openai, hf, tfserving):
         app.include_router(module.router)
+    app.include_router(docs.router(settings, app))
     metrics = Metrics(svc.pool)
     app.state.metrics = metrics
 

@@ -54,10 +54,20 @@ def error_style(path: str) -> str:
     return "envelope"
 
 
-def _route_match(request: Request, path: str) -> int:
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _route_match(request: Request, path: str, method: str | None = None) -> int:
     """0: no route has this path, 1: one has (another method), 2: one serves this method."""
-    probe = {"type": "http", "path": path, "root_path": "", "method": request.method}
+    probe = {"type": "http", "path": path, "root_path": "", "method": method or request.method}
     return max((route.matches(probe)[0].value for route in request.app.routes), default=0)
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405: every method some route serves on this path (the router
+    names only the first route that matched the path, which may be one of several)."""
+    path = request.url.path
+    return ", ".join(m for m in METHODS if _route_match(request, path, m) == 2)
 
 
 def missing_route(request: Request) -> tuple[str, str]:
@@ -141,14 +151,20 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: HTTPException) -> Response:
         cls = ERRORS_BY_STATUS.get(exc.status_code, ModelworksError)
         style = None
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             message, style = missing_route(request)
         elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path!r}"
+            headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+            message = (
+                f"method {request.method} is not allowed on {request.url.path!r}; "
+                f"use {headers['Allow']}"
+            )
         else:
             message = str(exc.detail)
         resp = error_response(request, cls(message), style)
         resp.status_code = exc.status_code
+        resp.headers.update(headers)
         return resp
 
     @app.exception_handler(Exception)

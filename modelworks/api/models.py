@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from fastapi import Path as FastPath
@@ -24,6 +26,7 @@ from modelworks.auth.keys import Principal
 from modelworks.errors import Conflict, Forbidden, ModelworksError, ServiceUnavailable
 from modelworks.names import AliasName, ModelName
 from modelworks.registry.formats import detect_and_inspect
+from modelworks.store import Upload, disk_space
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 
@@ -111,12 +114,16 @@ async def upload_version(
     name = ModelName(name)
     p.check_model(name)
     model = await to_thread.run_sync(svc.registry.get_model, p.project_id, name)  # 404 first
-    upload = svc.store.begin_upload(svc.settings.max_upload_bytes)
+    try:
+        upload = svc.store.begin_upload(svc.settings.max_upload_bytes)
+    except ModelworksError as exc:  # a full disk refuses even the temp file
+        audit_action(request, p, "version.upload", name, outcome="rejected", reason=exc.code)
+        raise
     try:
         form = await receive_file(request, upload)
         await to_thread.run_sync(upload.sync)
         fmt, signature = await to_thread.run_sync(
-            detect_and_inspect, upload.path, form.filename, model.task, svc.store.scratch
+            inspect_upload, svc, upload, form.filename, model.task
         )
         blob = await to_thread.run_sync(upload.commit)
     except ModelworksError as exc:
@@ -142,9 +149,26 @@ async def upload_version(
         )
     )
     if converting:
-        svc.exporter.start(v.id, blob.digest, model.task, str(signature.get("root") or ""))
+        root = str(signature.get("root") or "")
+        svc.exporter.start(v.id, blob.digest, model.task, root, p.project_id)
     audit_action(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
+
+
+def inspect_upload(
+    svc: Services, upload: Upload, filename: str, task: str
+) -> tuple[str, dict[str, Any]]:
+    """The upload's format and signature, within the server's limits on declared tensor
+    sizes and on the scratch space an archive may unpack to (blocking)."""
+    with disk_space():
+        return detect_and_inspect(
+            upload.path,
+            filename,
+            task,
+            svc.store.scratch,
+            max_tensor_elements=svc.settings.max_tensor_elements,
+            max_extract_bytes=svc.settings.max_extract_bytes,
+        )
 
 
 @router.get("/models/{name}/versions", response_model=list[VersionOut])

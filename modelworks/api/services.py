@@ -49,7 +49,10 @@ class Services:
             else None
         )
         store = ArtifactStore(
-            settings.resolved_store_url, scratch=settings.home / "tmp", cipher=cipher
+            settings.resolved_store_url,
+            scratch=settings.home / "tmp",
+            cipher=cipher,
+            max_extract_bytes=settings.max_extract_bytes,
         )
         registry = Registry(sessions, store)
         pool = ModelPool(
@@ -70,7 +73,9 @@ class Services:
             audit=AuditLog(sessions),
             pool=pool,
             serving=ServingEngine(registry, pool),
-            exporter=Exporter(registry, store, settings.max_upload_bytes),
+            exporter=Exporter(
+                registry, store, settings.max_upload_bytes, memory_mb=settings.export_memory_mb
+            ),
             limiter=Limiter(make_backend(settings.limits_url)),
             auth_failures=FailureThrottle(settings.auth_failures_per_minute),
             usage=UsageMeter(sessions),

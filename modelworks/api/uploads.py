@@ -1,8 +1,13 @@
 """Streaming multipart uploads: the file part goes straight into the store's temp file,
-hashed and size-capped while it arrives; nothing is spooled in memory or in /tmp."""
+hashed and size-capped while it arrives; nothing is spooled in memory or in /tmp.
+
+Every way a body can break the multipart grammar (boundary, part headers, disposition,
+names, closing delimiter, part count) is a 400 that says how to send the file instead.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,12 +15,28 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from modelworks.errors import BadRequest, PayloadTooLarge, UnsupportedFormat, ValidationFailed
+from modelworks.errors import (
+    BadRequest,
+    ModelworksError,
+    PayloadTooLarge,
+    UnsupportedFormat,
+    ValidationFailed,
+)
 from modelworks.store import Upload
 
 MAX_FIELD_BYTES = 16 * 1024
 MAX_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024  # all header lines of one part together
+MAX_PART_HEADERS = 16
 MULTIPART_OVERHEAD = 64 * 1024
+HOW = "send the model as multipart/form-data with a 'file' part: curl -F file=@model.onnx"
+# RFC 2046 §5.1.1: 1 to 70 characters from this set, not ending in a space
+BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def malformed(problem: str) -> BadRequest:
+    return BadRequest(f"malformed multipart body: {problem}; {HOW}")
 
 
 class ClientGone(BadRequest):
@@ -31,13 +52,7 @@ class ReceivedForm:
 
 async def receive_file(request: Request, upload: Upload, file_field: str = "file") -> ReceivedForm:
     """Read a multipart body; the `file_field` part is written into `upload`."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    boundary = params.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise UnsupportedFormat(
-            "send the model as multipart/form-data with the file in the field 'file' "
-            "(curl -F file=@model.onnx …)"
-        )
+    boundary = _boundary(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
     limit = upload.max_bytes + MULTIPART_OVERHEAD
     if declared and declared.isdigit() and int(declared) > limit:
@@ -58,14 +73,12 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
         raise ClientGone(
             "the client disconnected before the upload finished; nothing was stored"
         ) from None
-    except (PayloadTooLarge, ValidationFailed, UnsupportedFormat, BadRequest):
+    except ModelworksError:
         raise
-    except Exception:
-        raise BadRequest("malformed multipart body; send it as multipart/form-data") from None
+    except ValueError:  # python-multipart's parse errors
+        raise malformed("it does not follow the multipart grammar") from None
     if not reader.ended:
-        raise BadRequest(
-            "malformed multipart body: it ends before its closing boundary; nothing was stored"
-        )
+        raise malformed("it ends before its closing boundary; nothing was stored")
     form = reader.form
     if not form.file_seen:
         raise ValidationFailed(
@@ -74,6 +87,36 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
     if upload.size == 0:
         raise ValidationFailed("the uploaded file is empty")
     return form
+
+
+def _boundary(content_type: str) -> bytes:
+    """The body's boundary, checked against RFC 2046 before a parser sees it."""
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data":
+        raise UnsupportedFormat(
+            "send the model as multipart/form-data with the file in the field 'file' "
+            "(curl -F file=@model.onnx …)"
+        )
+    boundary = {k.lower(): v for k, v in params.items()}.get(b"boundary", b"")
+    if not boundary:
+        raise malformed("the Content-Type header has no boundary")
+    if len(boundary) > 70:
+        raise malformed(f"its boundary is {len(boundary)} characters long (at most 70)")
+    if not BOUNDARY.fullmatch(boundary):
+        raise malformed("its boundary holds characters RFC 2046 does not allow")
+    return boundary
+
+
+def _text(raw: bytes, what: str) -> str:
+    """A part's name or filename: UTF-8 without control characters (they end up in the
+    registry, and PostgreSQL refuses NUL in text)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed(f"the part's {what} is not UTF-8") from None
+    if CONTROL.search(text):
+        raise malformed(f"the part's {what} holds control characters")
+    return text
 
 
 class _FormReader:
@@ -85,7 +128,9 @@ class _FormReader:
         self.form = ReceivedForm()
         self.parts = 0
         self.part_name = ""
+        self.part_is_file = False
         self.headers: dict[bytes, bytes] = {}
+        self.header_bytes = 0
         self.header = b""
         self.value = b""
         self.buf = bytearray()
@@ -106,29 +151,48 @@ class _FormReader:
     def on_part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:
-            raise ValidationFailed(f"too many multipart parts (at most {MAX_PARTS})")
+            raise malformed(f"it has more than {MAX_PARTS} parts")
         self.headers.clear()
+        self.header_bytes = 0
         self.buf = bytearray()
         self.part_name = ""
+        self.part_is_file = False
+
+    def _count(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > MAX_PART_HEADER_BYTES:
+            raise malformed(f"a part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self.header += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self.value += data[start:end]
 
     def on_header_end(self) -> None:
-        self.headers[self.header.lower()] = self.value
+        name = self.header.strip().lower()
+        if name in self.headers:
+            raise malformed(f"a part repeats its {name[:40].decode('latin-1')!r} header")
+        self.headers[name] = self.value
         self.header = self.value = b""
+        if len(self.headers) > MAX_PART_HEADERS:
+            raise malformed(f"a part has more than {MAX_PART_HEADERS} headers")
 
     def on_headers_finished(self) -> None:
-        _disp, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
-        self.part_name = opts.get(b"name", b"").decode(errors="replace")
+        raw = self.headers.get(b"content-disposition", b"")
+        disposition, opts = parse_options_header(raw.decode("latin-1"))
+        opts = {k.lower(): v for k, v in opts.items()}
+        if disposition != b"form-data" or not opts.get(b"name"):
+            raise malformed("each part needs 'Content-Disposition: form-data; name=\"…\"'")
+        self.part_name = _text(opts[b"name"], "name")
+        self.part_is_file = b"filename" in opts
         if self.part_name == self.file_field:
             if self.form.file_seen:
                 raise ValidationFailed(f"send exactly one '{self.file_field}' part")
             self.form.file_seen = True
-            self.form.filename = opts.get(b"filename", b"").decode(errors="replace")[-255:]
+            self.form.filename = _text(opts.get(b"filename", b""), "filename")[-255:]
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part_name == self.file_field:
@@ -137,12 +201,18 @@ class _FormReader:
         self.buf.extend(data[start:end])
         if len(self.buf) > MAX_FIELD_BYTES:
             raise PayloadTooLarge(
-                f"form field {self.part_name!r} is longer than {MAX_FIELD_BYTES} bytes"
+                f"form field {self.part_name[:64]!r} is longer than {MAX_FIELD_BYTES} bytes"
             )
 
     def on_part_end(self) -> None:
-        if self.part_name and self.part_name != self.file_field:
-            self.form.fields[self.part_name] = self.buf.decode(errors="replace")
+        if self.part_name != self.file_field and not self.part_is_file:  # a text field
+            try:
+                value = self.buf.decode("utf-8")
+            except UnicodeDecodeError:
+                raise malformed(f"the field {self.part_name[:64]!r} is not UTF-8") from None
+            if "\x00" in value:
+                raise malformed(f"the field {self.part_name[:64]!r} holds a NUL character")
+            self.form.fields[self.part_name] = value
 
     def on_end(self) -> None:
         self.ended = True  # only called once the closing boundary has been parsed

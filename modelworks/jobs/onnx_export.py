@@ -1,18 +1,26 @@
 """Export a Hugging Face text model to ONNX once, when it is registered, so ONNX Runtime
 serves it (about 2.5x faster than PyTorch eager on CPU) and the server never imports torch.
 
-The export runs in a child process (`python -m modelworks.jobs.onnx_export FOLDER TASK OUT`);
-`Exporter` starts it for each new version, records the result on the version, and resumes
-versions left `converting` by a restart.
+The export runs in a child process (`python -m modelworks.jobs.onnx_export FOLDER TASK OUT`)
+whose address space is capped by MODELWORKS_EXPORT_MEMORY_MB. `Exporter` queues each new
+version under its project and serves the projects in turn (least recently served first), a
+few exports at a time and at most one per project, so one tenant's long exports never hold
+back everyone else's; it records the result on the version and resumes versions left
+`converting` by a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter, deque
+from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +31,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelworks.jobs")
 EXPORT_TIMEOUT_S = 1800
 PARITY_TOLERANCE = 1e-3
+EXPORT_SLOTS = 2  # exports running at once, all projects together (each uses every core)
+PER_PROJECT = 1  # exports of one project running at once
+MEMORY_ENV = "MODELWORKS_EXPORT_MEMORY_MB"  # the parent's setting, read by the child
+OUT_OF_MEMORY = 75  # the child's exit status when it hit its memory cap
+# how an allocation failure reads when the child cannot say it itself
+_OOM_MARKS = (
+    "MemoryError",
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "failed to map segment",
+    "bad_alloc",
+)
+RESUMED = "resumed"  # the queue of versions a restart resumes (their project is not known)
 
 
 def export_transformer(folder: Path, task: str, out: Path) -> None:
@@ -32,7 +53,10 @@ def export_transformer(folder: Path, task: str, out: Path) -> None:
     import torch
     import transformers
 
+    from modelworks.quiet import runtime_telemetry_off
     from modelworks.runtimes.text import TextConfig, load_tokenizer, pool
+
+    runtime_telemetry_off()
 
     cls = (
         transformers.AutoModelForSequenceClassification
@@ -93,28 +117,91 @@ def export_transformer(folder: Path, task: str, out: Path) -> None:
         raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e}")
 
 
-class Exporter:
-    """Runs exports in child processes, one at a time, off the request path."""
+@dataclass(frozen=True)
+class ExportJob:
+    version_id: int
+    source_digest: str
+    task: str
+    root: str
+    project: Hashable
 
-    def __init__(self, registry: Registry, store: ArtifactStore, max_bytes: int) -> None:
+
+class Exporter:
+    """Runs exports in child processes, off the request path, a fair share per project."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: ArtifactStore,
+        max_bytes: int,
+        *,
+        memory_mb: int = 0,
+        slots: int = EXPORT_SLOTS,
+        per_project: int = PER_PROJECT,
+    ) -> None:
         self.registry = registry
         self.store = store
         self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self.memory_mb = memory_mb
+        self.slots = slots
+        self.per_project = per_project
+        self._cond = threading.Condition()
+        self._queues: dict[Hashable, deque[ExportJob]] = {}
+        self._running: Counter[Hashable] = Counter()
+        self._started = 0
+        self._last_start: dict[Hashable, int] = {}  # project -> when its last export started
 
     def start(
-        self, version_id: int, source_digest: str, task: str, root: str = ""
-    ) -> threading.Thread:
-        t = threading.Thread(
-            target=self.run,
-            args=(version_id, source_digest, task, root),
-            name=f"onnx-export-{version_id}",
-            daemon=True,
-        )
-        self._threads.append(t)
-        t.start()
-        return t
+        self,
+        version_id: int,
+        source_digest: str,
+        task: str,
+        root: str = "",
+        project: Hashable = RESUMED,
+    ) -> None:
+        """Queue an export of the version under its project; it runs when a slot and the
+        project's turn come."""
+        job = ExportJob(version_id, source_digest, task, root, project)
+        with self._cond:
+            self._queues.setdefault(project, deque()).append(job)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start queued jobs while slots are free (called holding `_cond`)."""
+        while sum(self._running.values()) < self.slots:
+            job = self._next_job()
+            if job is None:
+                return
+            self._running[job.project] += 1
+            threading.Thread(
+                target=self._work, args=(job,), name=f"onnx-export-{job.version_id}", daemon=True
+            ).start()
+
+    def _next_job(self) -> ExportJob | None:
+        """The next job of the project served least recently, among those under their
+        share: a project that just had a turn waits behind every other waiting project."""
+        waiting = [p for p in self._queues if self._running[p] < self.per_project]
+        if not waiting:
+            return None
+        project = min(waiting, key=lambda p: self._last_start.get(p, -1))
+        queue = self._queues[project]
+        job = queue.popleft()
+        if not queue:
+            del self._queues[project]
+        self._last_start[project] = self._started
+        self._started += 1
+        return job
+
+    def _work(self, job: ExportJob) -> None:
+        try:
+            self.run(job.version_id, job.source_digest, job.task, job.root)
+        finally:
+            with self._cond:
+                self._running[job.project] -= 1
+                if not self._running[job.project]:
+                    del self._running[job.project]
+                self._dispatch()
+                self._cond.notify_all()
 
     def resume(self) -> int:
         """Restart exports a crash or restart interrupted."""
@@ -124,64 +211,108 @@ class Exporter:
         return len(pending)
 
     def run(self, version_id: int, source_digest: str, task: str, root: str = "") -> bool:
-        """Export one version; the model folder is `root` inside the unpacked upload."""
-        with self._lock:  # one export at a time: each one uses every core
-            try:
-                folder = self.store.unpacked(source_digest)
-                if root:
-                    from modelworks.archives import SafeRelPath
+        """Export one version now (blocking); the model folder is `root` inside the
+        unpacked upload. The version ends `ready` with an ONNX artifact, or `failed` with a
+        reason that names no server path."""
+        from modelworks.serving.pool import runtime_message
+        from modelworks.store import temp_prefix
 
-                    folder = folder / SafeRelPath(root)
-                with tempfile.TemporaryDirectory(dir=self.store.scratch) as tmp:
-                    out = Path(tmp) / "model.onnx"
-                    proc = subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "modelworks.jobs.onnx_export",
-                            str(folder),
-                            task,
-                            str(out),
-                        ],
-                        capture_output=True,
-                        text=True,
-                        timeout=EXPORT_TIMEOUT_S,
-                        check=False,
-                    )
-                    if proc.returncode != 0 or not out.is_file():
-                        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                        log.warning("ONNX export of version %s failed: %s", version_id, last)
-                        kind = last.split(":", 1)[0] if ":" in last else "ExportError"
-                        self.registry.set_version_status(
-                            version_id,
-                            "failed",
-                            f"ONNX export failed ({kind[:60]}); served with PyTorch when installed",
-                        )
-                        return False
-                    blob = self.store.put_file(out, self.max_bytes)
-                self.registry.set_version_status(
-                    version_id,
-                    "ready",
-                    artifacts={"onnx": {"digest": blob.digest, "size": blob.size}},
-                )
-                return True
-            except Exception as exc:
-                log.exception("ONNX export of version %s failed", version_id)
-                self.registry.set_version_status(
-                    version_id, "failed", f"ONNX export failed ({type(exc).__name__})"
-                )
-                return False
+        roots = [self.store.scratch]
+        try:
+            folder = self.store.unpacked(source_digest)
+            roots.insert(0, folder)
+            if root:
+                from modelworks.archives import SafeRelPath
+
+                folder = folder / SafeRelPath(root)
+            prefix = temp_prefix("export")
+            with tempfile.TemporaryDirectory(dir=self.store.scratch, prefix=prefix) as tmp:
+                out = Path(tmp) / "model.onnx"
+                proc = self._child(folder, task, out)
+                if proc.returncode != 0 or not out.is_file():
+                    reason = self._failure(proc, roots)
+                    log.warning("ONNX export of version %s failed: %s", version_id, reason)
+                    self.registry.set_version_status(version_id, "failed", reason)
+                    return False
+                blob = self.store.put_file(out, self.max_bytes)
+            self.registry.set_version_status(
+                version_id,
+                "ready",
+                artifacts={"onnx": {"digest": blob.digest, "size": blob.size}},
+            )
+            return True
+        except Exception as exc:
+            log.exception("ONNX export of version %s failed", version_id)
+            self.registry.set_version_status(
+                version_id, "failed", f"ONNX export failed: {runtime_message(exc, roots)}"
+            )
+            return False
+
+    def _child(self, folder: Path, task: str, out: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, MEMORY_ENV: str(self.memory_mb)}
+        return subprocess.run(
+            [sys.executable, "-m", "modelworks.jobs.onnx_export", str(folder), task, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_TIMEOUT_S,
+            check=False,
+            env=env,
+        )
+
+    def _failure(self, proc: subprocess.CompletedProcess[str], roots: list[Path]) -> str:
+        """Why the child failed, for the version's status: its last line, paths scrubbed."""
+        from modelworks.serving.pool import runtime_message
+
+        if self.memory_mb and (
+            proc.returncode in (OUT_OF_MEMORY, -signal.SIGABRT, -signal.SIGKILL)
+            or any(mark in proc.stderr for mark in _OOM_MARKS)
+        ):
+            return (
+                f"ONNX export failed: the export ran out of memory ({MEMORY_ENV}="
+                f"{self.memory_mb}); raise it on the server or upload a smaller model"
+            )
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return (
+            f"ONNX export failed: {runtime_message(RuntimeError(last), roots)}; "
+            "served with PyTorch when installed"
+        )
 
     def wait(self, timeout: float | None = None) -> None:
-        for t in list(self._threads):
-            t.join(timeout)
+        """Block until every queued and running export has finished (or `timeout`)."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._queues and not self._running, timeout)
+
+
+def limit_memory(megabytes: int) -> None:
+    """Cap this process's address space: an allocation past it fails here, in the child,
+    instead of the machine running out of memory."""
+    import resource
+
+    if megabytes > 0:
+        size = megabytes * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or any(mark in str(exc) for mark in _OOM_MARKS)
 
 
 def main(argv: list[str]) -> int:
+    from modelworks.quiet import OFFLINE, no_telemetry
+
     if len(argv) != 3:
         print("usage: python -m modelworks.jobs.onnx_export FOLDER TASK OUT.onnx", file=sys.stderr)
         return 2
-    export_transformer(Path(argv[0]), argv[1], Path(argv[2]))
+    os.environ.update(OFFLINE)  # before torch, transformers and ONNX Runtime are imported
+    no_telemetry()
+    limit_memory(int(os.environ.get(MEMORY_ENV) or 0))
+    try:
+        export_transformer(Path(argv[0]), argv[1], Path(argv[2]))
+    except Exception as exc:
+        if out_of_memory(exc):
+            print(f"out of memory ({type(exc).__name__})", file=sys.stderr)
+            return OUT_OF_MEMORY
+        raise
     return 0
 
 
