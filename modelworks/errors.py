@@ -12,6 +12,7 @@
     ├── ValidationFailed (422)
     ├── TooManyRequests (429)
     ├── ServiceUnavailable (503)
+    ├── DeadlineExceeded (504)
     ├── InsufficientStorage (507)
     └── InternalError (500)
 
@@ -103,6 +104,13 @@ class ServiceUnavailable(ModelworksError):
     code = "service_unavailable"
 
 
+class DeadlineExceeded(ModelworksError):
+    """The request's deadline passed while it queued or while its model ran."""
+
+    status = 504
+    code = "deadline_exceeded"
+
+
 class InsufficientStorage(ModelworksError):
     """The server's disk is full; nothing the client sends differently will help."""
 
@@ -130,6 +138,7 @@ ERRORS_BY_CODE: dict[str, type[ModelworksError]] = {
         ValidationFailed,
         TooManyRequests,
         ServiceUnavailable,
+        DeadlineExceeded,
         InsufficientStorage,
         InternalError,
     )
@@ -146,6 +155,7 @@ ERRORS_BY_STATUS: dict[int, type[ModelworksError]] = {
     422: ValidationFailed,
     429: TooManyRequests,
     503: ServiceUnavailable,
+    504: DeadlineExceeded,
     507: InsufficientStorage,
 }
 

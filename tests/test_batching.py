@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from modelworks.errors import ServiceUnavailable
+from modelworks.errors import DeadlineExceeded, ServiceUnavailable
 from modelworks.runtimes.onnx import OnnxModel
-from modelworks.serving.batcher import Batcher, BatchSettings, DeadlineExceeded
+from modelworks.serving.batcher import Batcher, BatchSettings
 from tests.models import linear_onnx, linear_reference
 
 SIGNATURE = {

@@ -34,17 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from modelworks.errors import ModelworksError, PayloadTooLarge, ServiceUnavailable
+from modelworks.errors import (
+    DeadlineExceeded,
+    ModelworksError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from modelworks.runtimes import LoadedModel, run_options, terminate
 
 log = logging.getLogger("modelworks.serving")
 MAX_RESPONSE_SETTING = "MODELWORKS_MAX_RESPONSE_BYTES"
 WORKER_IDLE_S = 30.0  # a batcher's thread ends after this long without work
-
-
-class DeadlineExceeded(ModelworksError):
-    status = 504
-    code = "deadline_exceeded"
 
 
 @dataclass

@@ -24,8 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 from modelworks.api.services import Services
 from modelworks.client import Client
 from modelworks.db import upgrade
+from modelworks.errors import DeadlineExceeded
 from modelworks.serving import pool as pool_module
-from modelworks.serving.batcher import Batcher, BatchSettings, DeadlineExceeded
+from modelworks.serving.batcher import Batcher, BatchSettings
 from modelworks.serving.pool import Entry
 from modelworks.settings import Settings
 from tests.conftest import LiveServer
