@@ -12,7 +12,7 @@ from sqlalchemy import select
 from modelworks.api.services import Services
 from modelworks.client import Client
 from modelworks.db.tables import ApiKey
-from modelworks.errors import Forbidden, Unauthorized
+from modelworks.errors import Forbidden, ModelworksError, Unauthorized
 from tests.asgi import SyncASGITransport
 from tests.models import linear_onnx
 
@@ -61,11 +61,22 @@ def test_key_lifecycle(client: Client, transport: SyncASGITransport, services: S
         dev.list_models()
 
 
-def test_expired_key_is_401(client: Client, transport: SyncASGITransport) -> None:
-    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    k = client.create_key(role="developer", expires_at=past)
+def test_expired_key_is_401(
+    client: Client, transport: SyncASGITransport, services: Services
+) -> None:
+    past = datetime.now(UTC) - timedelta(minutes=1)  # the API refuses it: made directly
+    _, secret = services.keys.create(
+        project_id=services.default_project_id, role="developer", expires_at=past
+    )
     with pytest.raises(Unauthorized, match="expired"):
-        _as(transport, k["key"]).list_models()
+        _as(transport, secret).list_models()
+
+
+def test_a_key_dead_at_birth_is_refused(client: Client) -> None:
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    with pytest.raises(ModelworksError, match="in the past") as caught:
+        client.create_key(role="developer", expires_at=past)
+    assert caught.value.status == 422
 
 
 def test_roles(client: Client, transport: SyncASGITransport, tmp_path: Path) -> None:

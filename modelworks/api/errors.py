@@ -22,6 +22,7 @@ from modelworks.errors import (
 )
 
 log = logging.getLogger("modelworks.api")
+MAX_RETRY_AFTER_S = 86400
 OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
@@ -98,8 +99,8 @@ def error_response(request: Request, exc: ModelworksError, style: str | None = N
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     retry = exc.details.get("retry_after") if exc.details else None
-    if retry is not None:
-        headers["Retry-After"] = str(retry)
+    if retry is not None:  # whole seconds, at most a day (a client may sleep on it)
+        headers["Retry-After"] = str(min(MAX_RETRY_AFTER_S, max(0, int(retry))))
     note(error=exc.code)
     style = style or error_style(request.url.path)
     if style == "string":

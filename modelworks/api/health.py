@@ -21,12 +21,13 @@ def database_ok(request: Request) -> bool:
         return False
 
 
-@router.get("/livez")
+# HEAD too: load balancers and uptime monitors often probe with it
+@router.api_route("/livez", methods=["GET", "HEAD"])
 async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.api_route("/readyz", methods=["GET", "HEAD"])
 def readyz(request: Request) -> JSONResponse:
     if database_ok(request):
         return JSONResponse({"status": "ok"})

@@ -8,7 +8,6 @@ minted key stays within its parent's allowlist, expiry and limits.
 
 from __future__ import annotations
 
-from datetime import UTC
 from functools import partial
 
 from anyio import to_thread
@@ -65,11 +64,15 @@ async def create_key(
             models = sorted(p.models)
         elif not set(models) <= p.models:
             raise Forbidden("a key limited to some models can only create keys within them")
-    expires_at = body.expires_at
-    if expires_at is not None and expires_at.tzinfo is None:
-        expires_at = expires_at.replace(tzinfo=UTC)  # a time without a zone is UTC
-    if p.expires_at is not None and (expires_at is None or expires_at > p.expires_at):
-        expires_at = p.expires_at  # nor one that outlives it
+    expires_at = body.expires_at  # aware, UTC and in the future (KeyCreate checks it)
+    if p.expires_at is not None:
+        if expires_at is None:
+            expires_at = p.expires_at  # a minted key inherits its parent's expiry
+        elif expires_at > p.expires_at:
+            raise Forbidden(  # nor outlives it, as it may not exceed its limits
+                f"the new key would outlive yours (it expires {p.expires_at.isoformat()}); "
+                "give an expires_at no later than that"
+            )
     target = p
     if body.project is not None:
         target = await to_thread.run_sync(scope_to, svc, p, body.project)

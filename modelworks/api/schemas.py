@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from modelworks.auth.limits import MAX_RATE, MIN_RATE
 from modelworks.db.tables import ApiKey, Model, ModelVersion
 
 
@@ -16,6 +17,20 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _future(value: datetime | None) -> datetime | None:
+    """An expiry as asked: a time without a zone is UTC; it must lie ahead and be a time UTC
+    can hold (an offset may not push it past year 9999 or before year 1)."""
+    if value is None:
+        return None
+    try:
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+    if aware <= datetime.now(UTC):
+        raise ValueError("the time is in the past; give a future expiry, e.g. 2030-01-01T00:00Z")
+    return aware
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
@@ -79,10 +94,12 @@ class KeyCreate(BaseModel):
     models: list[str] | None = Field(
         None, max_length=1000, description="Only these models may be read and called."
     )
-    rate_limit: float | None = Field(None, gt=0, description="Requests per second.")
+    rate_limit: float | None = Field(
+        None, ge=MIN_RATE, le=MAX_RATE, description="Requests per second."
+    )
     burst: int | None = Field(None, ge=1, description="Requests allowed at once above the rate.")
     quota: Quota | None = None
-    expires_at: datetime | None = None
+    expires_at: Annotated[datetime | None, AfterValidator(_future)] = None
 
 
 class ProjectCreate(BaseModel):
@@ -90,7 +107,9 @@ class ProjectCreate(BaseModel):
 
     name: str = Field(max_length=200)
     description: str = Field("", max_length=10_000)
-    rate_limit: float | None = Field(None, gt=0, description="Default requests/s of its keys.")
+    rate_limit: float | None = Field(
+        None, ge=MIN_RATE, le=MAX_RATE, description="Default requests/s of its keys."
+    )
     burst: int | None = Field(None, ge=1)
     quota: Quota | None = None
 
@@ -99,7 +118,7 @@ class ProjectPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     description: str | None = Field(None, max_length=10_000)
-    rate_limit: float | None = Field(None, gt=0)
+    rate_limit: float | None = Field(None, ge=MIN_RATE, le=MAX_RATE)
     burst: int | None = Field(None, ge=1)
     quota: Quota | None = None
 

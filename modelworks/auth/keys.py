@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelworks.auth.limits import QUOTA_KINDS, Limits, default_burst
+from modelworks.auth.limits import MAX_RATE, MIN_RATE, QUOTA_KINDS, Limits, default_burst
 from modelworks.cache import RefreshingCache
 from modelworks.db.tables import ApiKey, Project
 from modelworks.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
@@ -348,8 +348,10 @@ def limit_value(limits: Limits, name: str) -> Any:
 
 def check_limits(rate_limit: float | None, burst: int | None, quota: dict[str, int] | None) -> None:
     """Rate limits are positive requests/s, bursts and quotas non-negative whole numbers."""
-    if rate_limit is not None and not (0 < rate_limit <= 1e6):
-        raise ValidationFailed("rate_limit must be a number of requests/s above 0")
+    if rate_limit is not None and not (MIN_RATE <= rate_limit <= MAX_RATE):
+        raise ValidationFailed(
+            f"rate_limit must be a number of requests/s from {MIN_RATE} to {MAX_RATE:g}"
+        )
     if burst is not None and not (1 <= burst <= 1e6):
         raise ValidationFailed("burst must be a whole number from 1")
     for kind, value in (quota or {}).items():

@@ -22,6 +22,9 @@ from modelworks.errors import TooManyRequests
 QUOTA_KINDS = ("requests", "items", "tokens")
 QUOTA_TTL_S = 2 * 86400  # a day's counters outlive the day by one, then expire
 
+MIN_RATE = 0.001  # requests/s: one every ~17 minutes; below it Retry-After is absurd
+MAX_RATE = 1e6
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from modelworks.api.services import Services
+from modelworks.names import ProjectName
 from modelworks.settings import Settings
 from tests.models import linear_onnx
 
@@ -266,16 +267,22 @@ def test_revoked_key_is_401_at_once(
 
 @pytest.mark.parametrize("already", [True, False], ids=["expired", "expires-while-cached"])
 def test_expired_key_is_401(
-    http: httpx.Client, anon: httpx.Client, tenants: Tenants, already: bool
+    http: httpx.Client, anon: httpx.Client, tenants: Tenants, already: bool, services: Services
 ) -> None:
     delta = timedelta(minutes=-1) if already else timedelta(seconds=1.5)
     expires = datetime.now(UTC) + delta
-    r = http.post(
-        "/api/v1/keys",
-        json={"project": ALPHA, "role": "developer", "expires_at": expires.isoformat()},
-    )
-    assert r.status_code == 201, r.text
-    secret = r.json()["key"]
+    if already:  # the API refuses a key dead at birth: made directly
+        project_id = services.registry.project_id(ProjectName(ALPHA))
+        _, secret = services.keys.create(
+            project_id=project_id, role="developer", expires_at=expires
+        )
+    else:
+        r = http.post(
+            "/api/v1/keys",
+            json={"project": ALPHA, "role": "developer", "expires_at": expires.isoformat()},
+        )
+        assert r.status_code == 201, r.text
+        secret = r.json()["key"]
     if not already:
         assert as_key(anon, secret, "GET", "/api/v1/models").status_code == 200
         time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)

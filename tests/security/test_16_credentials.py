@@ -123,8 +123,12 @@ def test_the_audit_log_keeps_nothing_of_a_rejected_credential(
 ) -> None:
     revoked = http.post("/api/v1/keys", json={"role": "developer"}).json()
     assert http.delete(f"/api/v1/keys/{revoked['id']}").is_success
-    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
-    expired = http.post("/api/v1/keys", json={"role": "developer", "expires_at": past}).json()
+    past = datetime.now(UTC) - timedelta(seconds=5)  # the API refuses it: made directly
+    expired = {
+        "key": services.keys.create(
+            project_id=services.default_project_id, role="developer", expires_at=past
+        )[1]
+    }
     rejected = {
         "unknown": "mw_" + "Q" * 43,
         "malformed": "ZZZZsecretZZZZ",
