@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
@@ -33,6 +35,7 @@ HOW = "send the model as multipart/form-data with a 'file' part: curl -F file=@m
 # RFC 2046 §5.1.1: 1 to 70 characters from this set, not ending in a space
 BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+EXTENDED_FILENAME = re.compile(rb"(?i)\bfilename\*\s*=\s*([^;]*)")
 
 
 def malformed(problem: str) -> BadRequest:
@@ -119,6 +122,18 @@ def _text(raw: bytes, what: str) -> str:
     return text
 
 
+def _extended_filename(disposition: bytes) -> str | None:
+    """RFC 5987's `filename*=UTF-8''caf%C3%A9.onnx`, decoded strictly (the multipart parser
+    drops it); None when the header has none."""
+    found = EXTENDED_FILENAME.search(disposition)
+    if found is None:
+        return None
+    charset, _, rest = found[1].partition(b"''")
+    if charset.lower() not in (b"utf-8", b"us-ascii") or not rest:
+        raise malformed("its filename* must be UTF-8''<percent-encoded UTF-8>")
+    return _text(unquote_to_bytes(rest.strip(b'"')), "filename*")
+
+
 class _FormReader:
     """Callbacks for python-multipart's streaming parser."""
 
@@ -129,6 +144,7 @@ class _FormReader:
         self.parts = 0
         self.part_name = ""
         self.part_is_file = False
+        self.names: set[str] = set()  # field names seen: a repeated one is refused
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.header = b""
@@ -187,12 +203,20 @@ class _FormReader:
         if disposition != b"form-data" or not opts.get(b"name"):
             raise malformed("each part needs 'Content-Disposition: form-data; name=\"…\"'")
         self.part_name = _text(opts[b"name"], "name")
-        self.part_is_file = b"filename" in opts
+        extended = _extended_filename(raw)
+        self.part_is_file = b"filename" in opts or extended is not None
         if self.part_name == self.file_field:
             if self.form.file_seen:
                 raise ValidationFailed(f"send exactly one '{self.file_field}' part")
             self.form.file_seen = True
-            self.form.filename = _text(opts.get(b"filename", b""), "filename")[-255:]
+            name = (
+                extended if extended is not None else _text(opts.get(b"filename", b""), "filename")
+            )
+            # the client's file name is a label: its folders are not ours to keep
+            self.form.filename = PurePosixPath(name.replace("\\", "/")).name[-255:]
+        elif self.part_name in self.names:
+            raise malformed(f"the field {self.part_name[:64]!r} appears twice; send it once")
+        self.names.add(self.part_name)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part_name == self.file_field:

@@ -5,6 +5,7 @@ minted key that would outlive its parent, and probes that use HEAD."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ from starlette.requests import Request
 
 from modelworks.api.errors import MAX_RETRY_AFTER_S, error_response
 from modelworks.errors import TooManyRequests
+from tests.models import linear_onnx
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -94,3 +96,74 @@ def test_a_minted_key_may_not_outlive_its_parent(http: httpx.Client, anon: httpx
 def test_health_probes_answer_head(anon: httpx.Client, path: str) -> None:
     r = anon.head(path)
     assert r.status_code == 200, (path, r.status_code, r.headers.get("allow"))
+
+
+# multipart uploads ------------------------------------------------------------------------------
+BOUNDARY = "mw-mgmt-5f2a"
+
+
+def multipart(parts: list[tuple[bytes, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """(Content-Disposition value, content) parts as one multipart body."""
+    b = BOUNDARY.encode()
+    out = b"".join(
+        b"--" + b + b"\r\nContent-Disposition: " + disposition + b"\r\n\r\n" + content + b"\r\n"
+        for disposition, content in parts
+    )
+    ctype = f"multipart/form-data; boundary={BOUNDARY}"
+    return out + b"--" + b + b"--\r\n", {"Content-Type": ctype}
+
+
+@pytest.fixture
+def onnx_bytes(tmp_path: Path) -> bytes:
+    return linear_onnx(tmp_path / "m.onnx").read_bytes()
+
+
+@pytest.fixture
+def versions(http: httpx.Client) -> str:
+    assert http.post("/api/v1/models", json={"name": "parts"}).status_code == 201
+    return "/api/v1/models/parts/versions"
+
+
+def test_a_repeated_form_field_is_400(http: httpx.Client, versions: str, onnx_bytes: bytes) -> None:
+    content, headers = multipart(
+        [
+            (b'form-data; name="description"', b"first"),
+            (b'form-data; name="description"', b"second"),
+            (b'form-data; name="file"; filename="m.onnx"', onnx_bytes),
+        ]
+    )
+    r = http.post(versions, content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert "appears twice" in r.text
+    assert http.get(versions).json() == []
+
+
+@pytest.mark.parametrize(
+    ("disposition", "kept"),
+    [
+        (b'filename="../../../etc/x.onnx"', "x.onnx"),
+        (b'filename="C:\\\\models\\\\press.onnx"', "press.onnx"),
+        (b"filename*=UTF-8''caf%C3%A9.onnx", "café.onnx"),
+    ],
+)
+def test_only_the_base_of_a_file_name_is_recorded(
+    http: httpx.Client, versions: str, onnx_bytes: bytes, disposition: bytes, kept: str
+) -> None:
+    content, headers = multipart([(b'form-data; name="file"; ' + disposition, onnx_bytes)])
+    r = http.post(versions, content=content, headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["lineage"]["filename"] == kept
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [b"filename*=UTF-8''%ED%A0%80.onnx", b"filename*=UTF-8''%FF.onnx", b"filename*=latin-1''x"],
+)
+def test_an_extended_file_name_that_is_not_utf8_is_400(
+    http: httpx.Client, versions: str, onnx_bytes: bytes, disposition: bytes
+) -> None:
+    content, headers = multipart([(b'form-data; name="file"; ' + disposition, onnx_bytes)])
+    r = http.post(versions, content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert "filename*" in r.text
+    assert http.get(versions).json() == []
