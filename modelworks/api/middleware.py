@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from urllib.parse import unquote_to_bytes
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelworks.errors import BadRequest
 
 _RID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 SECURITY_HEADERS = [
@@ -33,7 +37,7 @@ class RequestContext:
             rid = uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_with_rid(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid))
@@ -41,4 +45,31 @@ class RequestContext:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        problem = _not_utf8(scope)
+        if problem is not None:
+            from modelworks.api.errors import error_response
+
+            response = error_response(Request(scope), BadRequest(problem))
+            await response(scope, receive, send_with_rid)
+            return
+
+        await self.app(scope, receive, send_with_rid)
+
+
+def _not_utf8(scope: Scope) -> str | None:
+    """What is wrong when the path or query string, once percent-decoded, is not UTF-8 (the
+    server would otherwise read it with U+FFFD in place and echo it back); None when fine.
+    Plain ASCII without escapes, the usual case, costs two byte scans."""
+    query: bytes = scope.get("query_string", b"")
+    raw_path: bytes = scope.get("raw_path") or b""
+    for what, raw in (("path", raw_path), ("query string", query.replace(b"+", b" "))):
+        if b"%" not in raw and raw.isascii():
+            continue
+        try:
+            unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return (
+                f"the request's {what} is not valid UTF-8 once percent-decoded; "
+                "percent-encode UTF-8 text (e.g. é as %C3%A9)"
+            )
+    return None

@@ -167,3 +167,29 @@ def test_an_extended_file_name_that_is_not_utf8_is_400(
     assert r.status_code == 400, r.text
     assert "filename*" in r.text
     assert http.get(versions).json() == []
+
+
+# query strings and paths that are not UTF-8 ------------------------------------------------------
+@pytest.mark.parametrize("escape", ["%ED%A0%80", "%FF", "%C0%AF", "%E2%82"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/api/v1/audit?action={}",
+        "/api/v1/usage?group_by={}",
+        "/api/v1/models?project={}",
+        "/api/v1/models/{}",
+        "/v2/models/{}/ready",
+    ],
+)
+def test_a_percent_escape_that_is_not_utf8_is_400(
+    http: httpx.Client, template: str, escape: str
+) -> None:
+    r = http.get(template.format(escape))
+    assert r.status_code == 400, (template, r.status_code, r.text)
+    assert "UTF-8" in r.text
+    assert "\ufffd" not in r.text  # nothing decoded with replacement characters is echoed
+
+
+def test_utf8_escapes_still_pass(http: httpx.Client) -> None:
+    r = http.get("/api/v1/audit?action=caf%C3%A9")
+    assert r.status_code == 200, r.text
