@@ -154,3 +154,68 @@ def test_503_reaches_the_client(http: httpx.Client, services, tmp_path: Path) ->
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
     assert "capacity" in r.json()["error"]
+
+
+class Holding(Gated):
+    """Gated, and keeps the stop switch each run was given."""
+
+    def __init__(self, inner: OnnxModel) -> None:
+        super().__init__(inner)
+        self.options: list[Any] = []
+
+    def predict(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any = None,
+    ) -> Any:
+        self.options.append(run_options)
+        return super().predict(feeds, outputs, run_options)
+
+
+def test_a_run_every_client_left_is_stopped_at_once(model: OnnxModel) -> None:
+    held = Holding(model)
+    batcher = Batcher(held, BatchSettings(timeout_s=30), name="m")
+
+    async def main() -> bool:
+        x = {"x": np.ones((1, 4), np.float32)}
+        tasks = [asyncio.create_task(batcher.submit(x)) for _ in range(2)]
+        while not held.options:  # the run is in the worker thread
+            await asyncio.sleep(0.001)
+        tasks[0].cancel()
+        await asyncio.sleep(0.01)
+        alone = held.options[0].terminate  # one client still waits: the run goes on
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopped = held.options[0].terminate
+        held.gate.set()
+        after = await batcher.submit(x)  # the next run gets a switch of its own
+        await batcher.close()
+        assert after["y"].shape == (1, 2)
+        return not alone and stopped
+
+    assert asyncio.run(main()), "stopped only once both clients left, long before the deadline"
+    assert not held.options[-1].terminate
+
+
+def test_no_thread_for_a_run_is_503_and_the_batcher_goes_on(
+    model: OnnxModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batcher = Batcher(model, BatchSettings(), name="m")
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> dict[str, np.ndarray]:
+        x = {"x": np.ones((1, 4), np.float32)}
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(ServiceUnavailable) as exc:
+            await batcher.submit(x)
+        assert exc.value.details["retry_after"] == 1 and "thread" in exc.value.message
+        monkeypatch.setattr(threading.Thread, "start", start)
+        return await asyncio.wait_for(batcher.submit(x), 5)
+
+    result = asyncio.run(main())
+    expected = linear_reference(np.ones((1, 4), np.float32))
+    np.testing.assert_allclose(result["y"], expected, rtol=1e-5)

@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,10 +146,10 @@ def too_large(size: int, limit: int) -> PayloadTooLarge:
 
 
 class Worker:
-    """One thread running one batcher's batches, one at a time. The hand-off is a queue put
-    and a `call_soon_threadsafe` back: per request it took about 60% of the CPU a hop through
-    anyio's thread pool took. The thread ends after WORKER_IDLE_S without work and starts
-    again with the next batch."""
+    """One thread running one batcher's batches, one at a time. A batch goes over in one queue
+    put and comes back in one `call_soon_threadsafe` that settles all its requests: no future,
+    task or executor in between, as that hop costs the most of a small model's request. The
+    thread ends after WORKER_IDLE_S without work and starts again with the next batch."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -156,15 +157,20 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((loop, future, fn, args))
+    def start(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run `fn(*args)` in the thread, then `done(result, error)` on the calling loop. Raises
+        (and queues nothing) when no thread can start."""
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
-                self._thread.start()
-        return await future
+                thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                thread.start()
+                self._thread = thread
+            self._jobs.put((asyncio.get_running_loop(), fn, args, done))
 
     def _serve(self) -> None:
         while True:
@@ -182,28 +188,23 @@ class Worker:
 
 def _do(
     loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[Any],
     fn: Callable[..., Any],
     args: tuple[Any, ...],
+    done: Callable[[Any, BaseException | None], None],
 ) -> None:
     try:
         outcome: tuple[Any, BaseException | None] = (fn(*args), None)
-    except BaseException as exc:  # handed to the waiting coroutine
+    except BaseException as exc:  # handed to the loop, like a result
         outcome = (None, exc)
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-        loop.call_soon_threadsafe(_settle, future, *outcome)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+        loop.call_soon_threadsafe(done, *outcome)
 
 
 class Batcher:
+    """Batches are formed and settled on the event loop, in callbacks (no task of its own),
+    and run in `worker`. One batch at a time: `_busy` from the moment one is due until its
+    last group has run; `_running` is the group in the worker thread."""
+
     def __init__(
         self,
         model: LoadedModel,
@@ -215,8 +216,11 @@ class Batcher:
         self.model = model
         self.settings = settings
         self.name = name
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=settings.max_queue)
-        self._task: asyncio.Task[None] | None = None
+        self._waiting: deque[_Item] = deque()
+        self._busy = False
+        self._groups: list[list[_Item]] = []  # of the current batch, still to run
+        self._running: list[_Item] | None = None
+        self._options = run_options()  # reused until a run is told to stop
         self.batchable = all(
             (i.get("shape") or [0])[0] == -1 for i in model.signature.get("inputs", [])
         ) and bool(model.signature.get("inputs"))
@@ -227,16 +231,12 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return len(self._waiting)
 
     async def submit(
         self, feeds: dict[str, np.ndarray], timeout_s: float | None = None
     ) -> dict[str, np.ndarray]:
         """Run `feeds` in the next batch; 504 at the deadline whatever the batch is doing."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"batcher:{self.name}"
-            )
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
         loop = asyncio.get_running_loop()
@@ -253,11 +253,17 @@ class Batcher:
             time.perf_counter_ns(),
         )
         self._enqueue(item)
+        if not self._busy:
+            self._busy = True
+            # requests already read off the sockets are one loop turn from the queue
+            loop.call_soon(self._form)
         expiry = loop.call_at(item.deadline, self._expire, item)
         try:
             result = await item.future
         except BaseException:
             self.stats.fail.add(time.perf_counter_ns() - item.queued_ns)
+            if item.running:
+                self._stop_if_abandoned()
             raise
         finally:
             expiry.cancel()
@@ -265,30 +271,21 @@ class Batcher:
         return result
 
     def _enqueue(self, item: _Item) -> None:
-        try:
-            self.queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
+        if len(self._waiting) >= self.settings.max_queue:
             self._purge()
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.stats.fail.add(time.perf_counter_ns() - item.queued_ns)
-            raise ServiceUnavailable(
-                f"model {self.name!r} is at capacity ({self.settings.max_queue} requests queued); "
-                "retry shortly",
-                details={"retry_after": 1},
-            ) from None
+            if len(self._waiting) >= self.settings.max_queue:
+                self.stats.fail.add(time.perf_counter_ns() - item.queued_ns)
+                raise ServiceUnavailable(
+                    f"model {self.name!r} is at capacity ({self.settings.max_queue} requests "
+                    "queued); retry shortly",
+                    details={"retry_after": 1},
+                )
+        self._waiting.append(item)
 
     def _purge(self) -> None:
         """Drop queued requests that already answered (deadline, disconnect): behind a stuck
         run they would otherwise hold the queue's places until it ends."""
-        waiting = []
-        while not self.queue.empty():
-            waiting.append(self.queue.get_nowait())
-        for it in waiting:
-            if not it.future.done():
-                self.queue.put_nowait(it)
+        self._waiting = deque(it for it in self._waiting if not it.future.done())
 
     def _expire(self, item: _Item) -> None:
         if item.future.done():
@@ -305,65 +302,102 @@ class Batcher:
             )
         item.future.set_exception(DeadlineExceeded(message))
 
-    async def _run(self) -> None:
-        while True:
-            item = await self.queue.get()
-            batch = [item]
-            rows = item.rows
-            if self.batchable:
-                rows = self._drain(batch, rows)
-                if rows < self.settings.max_batch_size:
-                    # requests already read off the sockets are one loop turn from the queue
-                    await asyncio.sleep(0)
-                    rows = self._drain(batch, rows)
-                if (
-                    rows < self.settings.max_batch_size
-                    and len(batch) > 1
-                    and self.settings.max_delay_ms > 0
-                ):
-                    await asyncio.sleep(self.settings.max_delay_ms / 1000)
-                    rows = self._drain(batch, rows)
-            groups: dict[tuple[Any, ...], list[_Item]] = {}
-            for it in batch:
-                groups.setdefault(it.key, []).append(it)
-            for group in groups.values():
-                await self._execute(group)
+    def _stop_if_abandoned(self) -> None:
+        """Once every request of the running group has answered (deadline, disconnect),
+        nobody waits for its run: stop it."""
+        group = self._running
+        if group is None or self._options.terminate:
+            return
+        if all(it.future.done() for it in group):
+            terminate(self._options)
+            log.warning(
+                "model %s: every request of a run gave up on it; told it to stop", self.name
+            )
+
+    def _form(self) -> None:
+        """Take the next batch off the queue: up to `max_batch_size` rows of live requests."""
+        batch: list[_Item] = []
+        rows = self._drain(batch, 0)
+        if not batch:
+            self._busy = False
+        elif rows < self.settings.max_batch_size and len(batch) > 1 and self.settings.max_delay_ms:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.settings.max_delay_ms / 1000, self._top_up, batch, rows)
+        else:
+            self._begin(batch)
+
+    def _top_up(self, batch: list[_Item], rows: int) -> None:
+        self._drain(batch, rows)
+        self._begin(batch)
 
     def _drain(self, batch: list[_Item], rows: int) -> int:
-        while rows < self.settings.max_batch_size:
-            try:
-                nxt = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            batch.append(nxt)
-            rows += nxt.rows
+        limit = self.settings.max_batch_size
+        while self._waiting and (not batch or (self.batchable and rows < limit)):
+            it = self._waiting.popleft()
+            if not it.future.done():  # not past its deadline, not gone
+                batch.append(it)
+                rows += it.rows
         return rows
 
-    async def _execute(self, group: list[_Item]) -> None:
-        group = [it for it in group if not it.future.done()]  # not past its deadline, not gone
-        if not group:
-            return
-        loop = asyncio.get_running_loop()
-        options = run_options()
-        for it in group:
-            it.running = True
-        # once every request of the run is past its deadline, nobody waits for it: stop it
-        stop = loop.call_at(max(it.deadline for it in group), self._give_up, group, options)
+    def _begin(self, batch: list[_Item]) -> None:
+        groups: dict[tuple[Any, ...], list[_Item]] = {}
+        for it in batch:
+            groups.setdefault(it.key, []).append(it)
+        self._groups = list(groups.values())
+        self._next_group()
+
+    def _next_group(self) -> None:
+        """Run the batch's next group that still has a live request, or end the batch."""
+        while self._groups:
+            group = [it for it in self._groups.pop(0) if not it.future.done()]
+            if group and self._launch(group):
+                return
+        if self._waiting:
+            asyncio.get_running_loop().call_soon(self._form)
+        else:
+            self._busy = False
+
+    def _launch(self, group: list[_Item]) -> bool:
+        """Hand `group` to the worker thread; False (the group answered) when none can start."""
         feeds = [it.feeds for it in group]
         rows = [it.rows for it in group]
         try:
-            run: _Run = await self.worker.run(self._work, feeds, rows, options)
-        except Exception as exc:
+            self.worker.start(self._work, (feeds, rows, self._options), self._finish)
+        except RuntimeError:  # out of threads: this batch fails, the batcher goes on
             for it in group:
-                if not it.future.done():
-                    it.future.set_exception(exc)
-            return
+                it.future.set_exception(
+                    ServiceUnavailable(
+                        f"model {self.name!r} could not start a thread to run this request; "
+                        "retry shortly",
+                        details={"retry_after": 1},
+                    )
+                )
+            return False
+        for it in group:
+            it.running = True
+        self._running = group
+        return True
+
+    def _finish(self, run: Any, error: BaseException | None) -> None:
+        """Back from the worker thread: answer the group's requests, then go on."""
+        group, self._running = self._running or [], None
+        if self._options.terminate:  # a stopped switch stays stopped
+            self._options = run_options()
+        try:
+            if error is not None:
+                for it in group:
+                    if not it.future.done():
+                        it.future.set_exception(error)
+            else:
+                self._settle(group, run)
         finally:
-            stop.cancel()
+            self._next_group()
+
+    def _settle(self, group: list[_Item], run: _Run) -> None:
         started, _, _, ended = run.marks
         self.batches += 1
         seconds = (ended - started) / 1e9
-        total = sum(rows)
+        total = sum(it.rows for it in group)
         self._count(group, total, run.executions, run.marks)
         total = total or 1
         if self.on_batch is not None:
@@ -377,12 +411,6 @@ class Batcher:
             # each request is billed its share of the run, by rows
             res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total)
             it.future.set_result(res)
-
-    def _give_up(self, group: list[_Item], options: Any) -> None:
-        for it in group:
-            self._expire(it)
-        terminate(options)
-        log.warning("model %s: a run outlived every deadline in it; told it to stop", self.name)
 
     def _work(self, feeds: list[dict[str, np.ndarray]], rows: list[int], options: Any) -> _Run:
         """One batch in the worker thread: stack, run, split, measure."""
@@ -441,5 +469,5 @@ class Batcher:
             per_batch.add(span)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Nothing to release: a batcher has no task of its own, and its thread ends by itself
+        after WORKER_IDLE_S without work."""
