@@ -3,8 +3,10 @@ request while an alias moves under load."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -13,6 +15,8 @@ import pytest
 from modelworks.api.services import Services
 from modelworks.client import Client
 from modelworks.errors import Conflict
+from modelworks.jobs.onnx_export import Exporter
+from modelworks.serving.pool import runtime_message
 from tests.conftest import LiveServer
 from tests.models import linear_onnx, linear_reference
 
@@ -147,3 +151,69 @@ def test_serving_options_per_model(client: Client, http: httpx.Client) -> None:
     assert r.status_code == 422 and "from 1 to 4096" in r.json()["error"]["message"]
     r = http.patch("/api/v1/models/m", json={"serving": {"turbo": 1}})
     assert r.status_code == 422
+
+
+ORT_SIGNATURE = (
+    "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model_load_utils"
+    ".h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map"
+    "<std::__cxx11::basic_string<char>, int>&, const onnxruntime::logging::Logger&, bool, const"
+    " string&, int) ONNX Runtime only *guarantees* support for models stamped with official "
+    "released onnx opset versions. Opset 999 is under development."
+)
+RUNTIME_MESSAGES = {
+    "pretty-function": (
+        ORT_SIGNATURE,
+        "FAIL : ONNX Runtime only *guarantees* support for models stamped with official "
+        "released onnx opset versions. Opset 999 is under development.",
+    ),
+    "constructor": (
+        "[ONNXRuntimeError] : 1 : FAIL : /src/onnxruntime/core/graph/model.cc:256 onnxruntime::"
+        "Model::Model(onnx::ModelProto&&, const onnxruntime::PathString&) Unsupported model IR "
+        "version: 15, max supported IR version: 14",
+        "FAIL : Unsupported model IR version: 15, max supported IR version: 14",
+    ),
+    "bare-function-name": (
+        "[ONNXRuntimeError] : 1 : FAIL : model.cc:95 ValidateFunctionNodeCounts Invalid opset "
+        "version for domain local.fn in function F",
+        "FAIL : Invalid opset version for domain local.fn in function F",
+    ),
+    "std-type": (
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+        "running Expand node. Status Message: std::bad_alloc",
+        "RUNTIME_EXCEPTION : Non-zero status code returned while running Expand node. Status "
+        "Message: bad_alloc",
+    ),
+    "python-module-path": (
+        "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: "
+        "invalid JSON in header",
+        "SafetensorError: Error while deserializing header: invalid JSON in header",
+    ),
+    "module-path-before-ort-prefix": (
+        "onnxruntime.capi.onnxruntime_pybind11_state.Fail: [ONNXRuntimeError] : 1 : FAIL : x",
+        "Fail: FAIL : x",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUNTIME_MESSAGES))
+def test_runtime_messages_lose_cpp_signatures_and_module_paths(case: str) -> None:
+    raw, expected = RUNTIME_MESSAGES[case]
+
+    assert runtime_message(RuntimeError(raw)) == expected
+
+
+def test_an_export_failure_reason_names_no_library_module() -> None:
+    stderr = (
+        'Traceback (most recent call last):\n  File "/srv/lib/site-packages/safetensors/torch.py'
+        '", line 3, in load\nsafetensors._safetensors_rust.SafetensorError: Error while '
+        "deserializing header: invalid JSON in header\n"
+    )
+    proc = subprocess.CompletedProcess(["python"], 1, "", stderr)
+    exporter = SimpleNamespace(memory_mb=0)
+
+    reason = Exporter._failure(exporter, proc, [])  # type: ignore[arg-type]
+
+    assert reason == (
+        "ONNX export failed: SafetensorError: Error while deserializing header: invalid JSON in "
+        "header; served with PyTorch when installed"
+    )

@@ -24,6 +24,8 @@ ACCEPTED_MEMBERS = [
     "*.md and LICENSE text",
 ]
 TEXT_NAMES = {"vocab.txt", "merges.txt"}
+# config keys that make transformers import code from the model (trust_remote_code)
+REMOTE_CODE_KEYS = {"auto_map", "trust_remote_code", "custom_pipelines"}
 LICENSE_STEMS = {"LICENSE", "LICENCE", "NOTICE", "COPYING"}
 # first bytes of formats that are never a valid member; used to say what a bad member is
 SIGNATURES = [
@@ -86,11 +88,34 @@ def _not_kind(shown: str, kind: str, problem: str) -> ValidationFailed:
 
 def _check_json(path: Path, shown: str, _limit: int) -> None:
     try:
-        strict_json.loads(_read_capped(path, shown).decode("utf-8"))
-    except strict_json.DuplicateKey as dup:
-        raise _not_kind(shown, "json", f"it names the key {_shown(dup.key)!r} twice") from None
+        value = strict_json.loads(_read_capped(path, shown).decode("utf-8"))
+    except strict_json.Refused as refused:  # what the Rust tokenizers loader would refuse
+        raise _not_kind(shown, "json", f"it {refused.reason}") from None
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise _not_kind(shown, "json", "it does not parse as UTF-8 JSON") from None
+    if "config" in PurePosixPath(shown).name.lower():
+        _check_no_remote_code(value, shown)
+
+
+def _check_no_remote_code(value: object, shown: str) -> None:
+    """transformers imports Python named by these keys of a config (trust_remote_code): a
+    folder is data, so a config that asks for code is refused, at any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found = REMOTE_CODE_KEYS.intersection(item)
+            if found:
+                key = sorted(found)[0]
+                raise ValidationFailed(
+                    f"member {shown!r} sets {key!r}, which asks transformers to run code "
+                    f"shipped with the model; remove {key!r} from it: only built-in "
+                    "architectures are served",
+                    details={"member": shown, "key": key},
+                )
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _check_text(path: Path, shown: str, _limit: int) -> None:

@@ -239,7 +239,11 @@ def inspect_onnx(path: Path, *, max_tensor_elements: int | None = None) -> dict[
     import onnx
     from google.protobuf.message import DecodeError
 
-    from modelworks.registry.onnx_check import check_declared_shapes, check_structure
+    from modelworks.registry.onnx_check import (
+        check_computed_sizes,
+        check_declared_shapes,
+        check_structure,
+    )
 
     with open(path, "rb") as fh:
         if fh.read(8)[4:] == b"ORTM":  # ONNX Runtime would load it as its own format, unchecked
@@ -257,6 +261,7 @@ def inspect_onnx(path: Path, *, max_tensor_elements: int | None = None) -> dict[
     limit = max_tensor_elements or DEFAULT_MAX_TENSOR_ELEMENTS
     check_structure(model, limit)
     check_declared_shapes(graph, limit)
+    check_computed_sizes(model, limit)
     initializers = {i.name for i in graph.initializer}
     inputs = [
         {

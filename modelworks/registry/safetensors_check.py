@@ -72,8 +72,8 @@ def _read_header(path: Path, member: str) -> tuple[dict[str, Any], int]:
         raise _refuse(member, "its header is not a JSON object")
     try:
         header = strict_json.loads(raw.decode("utf-8"))
-    except strict_json.DuplicateKey as dup:
-        raise _refuse(member, f"its header names {_short(dup.key)!r} twice") from None
+    except strict_json.Refused as refused:  # what the Rust loader would refuse
+        raise _refuse(member, f"its header {refused.reason}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _refuse(member, "its header is not UTF-8 JSON") from None
     if not isinstance(header, dict):

@@ -49,7 +49,18 @@ WARMUP_TEXT = b"0"  # text that also casts to a number (string models often pars
 REASON_CHARS = 300
 # an absolute path (POSIX, home-relative or Windows) up to the next blank or quote
 _PATH = re.compile(r"(?:(?<![\w.~/])/|~/|\b[A-Za-z]:\\)[^\s'\"]*")
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : ")
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : ")
+# where ONNX Runtime raised: a C++ source file and line, then its function (a bare name, or
+# the return type of a full signature, which _CPP_NAME removes)
+_CPP_LOCATION = re.compile(
+    r"(?:/[^\s'\"]*/)?[\w.-]+\.(?:cc|cpp|cxx|c|h|hpp|cu|cuh|inc):\d+(?:\s+\w+(?=\s))?\s*"
+)
+# a qualified C++ name (onnxruntime::Model::Model, std::vector), continued after _drop_groups
+_CPP_NAME = re.compile(r"\b(?:[A-Za-z_]\w*::)+~?[A-Za-z_]\w*")
+_CPP_PART = re.compile(r"~?[A-Za-z_]\w*")
+_CPP_GROUPS = {"(": ")", "<": ">"}
+# an exception named with its module path (safetensors._safetensors_rust.SafetensorError)
+_MODULE_PATH = re.compile(r"\b(?:[a-z_]\w*\.)+([A-Z]\w*)")
 
 RuntimeKey = tuple[str, str, str]  # format, serving digest, source digest
 
@@ -123,15 +134,55 @@ def warmup_feeds(signature: dict[str, Any]) -> dict[str, np.ndarray] | None:
     return feeds
 
 
+def _drop_groups(text: str, end: int) -> int:
+    """Where a C++ name that ends at `end` really ends: after its template and argument
+    lists (balanced <…> and (…), nested), a further ::name, and a trailing const, & or *."""
+    depth: list[str] = []
+    pos = end
+    while pos < len(text):
+        char = text[pos]
+        if char in _CPP_GROUPS:
+            depth.append(_CPP_GROUPS[char])
+        elif depth and char == depth[-1]:
+            depth.pop()
+        elif not depth:
+            rest = _CPP_PART.match(text, pos + 2) if text.startswith("::", pos) else None
+            if rest is not None:
+                pos = rest.end()
+                continue
+            if char not in "&*" and not text.startswith(" const", pos):
+                return pos
+            pos += 6 if char == " " else 1
+            continue
+        pos += 1
+    return pos if not depth else end
+
+
+def _drop_cpp(text: str) -> str:
+    """Drop ONNX Runtime's source locations and C++ signatures, which say nothing to a
+    client; a C++ type (std::bad_alloc) keeps its last name."""
+    text = _CPP_LOCATION.sub("", text)
+    kept, pos = [], 0
+    while (name := _CPP_NAME.search(text, pos)) is not None:
+        kept.append(text[pos : name.start()])
+        pos = _drop_groups(text, name.end())
+        if "(" not in text[name.end() : pos]:  # a type (std::bad_alloc): its own name tells
+            kept.append(name.group().rsplit("::", 1)[-1])
+    kept.append(text[pos:])
+    return " ".join("".join(kept).split())
+
+
 def runtime_message(exc: BaseException, roots: Iterable[Path] = ()) -> str:
-    """A runtime's own error message, on one short line and without server paths (ONNX
-    Runtime names the blob it failed to read, which shows where the store lives)."""
+    """A runtime's own error message, on one short line, without server paths (ONNX Runtime
+    names the blob it failed to read, which shows where the store lives), C++ internals or
+    the module paths of Python exceptions."""
     if isinstance(exc, ModelworksError):
         return exc.message
     text = " ".join(str(exc).split())
     for root in roots:  # first the known roots: their names may hold blanks
         text = text.replace(str(root), "/")
-    text = _ORT_PREFIX.sub("", _PATH.sub("<path>", text)) or type(exc).__name__
+    text = _MODULE_PATH.sub(r"\1", _PATH.sub("<path>", _drop_cpp(text)))
+    text = _ORT_PREFIX.sub("", text) or type(exc).__name__
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 

@@ -5,10 +5,12 @@ ONNX: external data hidden in sparse initializers, attribute tensors at any subg
 model-local functions and their default attributes (one case reads another tenant's blob by
 its digest name); custom operators inside Loop bodies and functions; declared shapes that
 would make warm-up allocate gigabytes; tensors whose bytes do not match their dims; deep
-nesting and function-call bombs. Hugging Face folders: code and environment files, a pickle
-named model.safetensors and crafted safetensors headers. Every one is a 422 (a full disk a
-507) with a message that says what to change, nothing is stored, and the server still answers;
-every real model the suite builds still uploads.
+nesting and function-call bombs; a 169-byte model whose constants Expand, Tile, Pad or Resize
+to gigabytes; opsets and IR versions ONNX Runtime cannot load. Hugging Face folders: code and
+environment files, a pickle named model.safetensors, crafted safetensors headers, JSON that
+Python reads but the Rust loaders refuse, and configs that ask for remote code. Every one is a
+422 (a full disk a 507) with a message that says what to change, nothing is stored, and the
+server still answers; every real model the suite builds still uploads.
 """
 
 from __future__ import annotations
@@ -588,6 +590,245 @@ def test_an_onnx_file_that_onnx_runtime_would_read_as_ort_format_is_refused(
     assert ".ort format" in message
 
 
+# ONNX: tensors whose size constants decide ---------------------------------------------------
+def ints(name: str, values: list[int]) -> TensorProto:
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+def scalar(name: str, value: float) -> TensorProto:
+    return helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+
+
+def summed(node: onnx.NodeProto, initializer: list[TensorProto] | None = None) -> bytes:
+    """y = x + sum(`node`'s output "big"): the 169-byte shape of the red team's model."""
+    tail = [
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+        helper.make_node("Add", ["x", "r"], ["y"]),
+    ]
+    return model_bytes(graph_of([node, *tail], initializer))
+
+
+def one_by_one() -> TensorProto:
+    return helper.make_tensor("one", TensorProto.FLOAT, [1, 1], [1.0])
+
+
+def big_in_if_branch() -> bytes:
+    """A broadcast of two constants to 2**32 elements, inside an If branch."""
+    column = numpy_helper.from_array(np.ones((65536, 1), np.float32), "col")
+    row = numpy_helper.from_array(np.ones((1, 65536), np.float32), "row")
+    nodes = [
+        helper.make_node("Add", ["col", "row"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+        helper.make_node("Add", ["x", "s"], ["t"]),
+    ]
+    graph = if_model(nodes)
+    graph.initializer.extend([column, row])
+    return model_bytes(graph)
+
+
+def big_in_function() -> bytes:
+    nodes = [
+        constant(ints("s", [65536, 65536]), "s"),
+        helper.make_node("Expand", ["X", "s"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+        helper.make_node("Add", ["X", "r"], ["Y"]),
+    ]
+    return model_bytes(calling("Grow"), [function("Grow", nodes)])
+
+
+def outer_product() -> bytes:
+    """Einsum, which only shape inference follows, of two 65536-element constants."""
+    vector = numpy_helper.from_array(np.ones(65536, np.float32), "v")
+    node = helper.make_node("Einsum", ["v", "v"], ["big"], equation="i,j->ij")
+    return summed(node, [vector])
+
+
+COMPUTED: dict[str, Callable[[], bytes]] = {
+    "expand-2**32": lambda: summed(
+        helper.make_node("Expand", ["one", "s"], ["big"]),
+        [ints("s", [65536, 65536]), one_by_one()],
+    ),
+    "constant-of-shape": lambda: summed(
+        helper.make_node("ConstantOfShape", ["s"], ["big"], value=floats("v", [1])),
+        [ints("s", [16384, 16384])],
+    ),
+    "expand-of-concat-of-constants": lambda: model_bytes(
+        graph_of(
+            [
+                helper.make_node("Constant", [], ["half"], value_ints=[65536]),
+                helper.make_node("Concat", ["half", "half"], ["s"], axis=0),
+                helper.make_node("Expand", ["one", "s"], ["big"]),
+                helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+                helper.make_node("Add", ["x", "r"], ["y"]),
+            ],
+            [one_by_one()],
+        )
+    ),
+    "expand-of-the-batch-input": lambda: summed(
+        helper.make_node("Expand", ["x", "s"], ["big"]), [ints("s", [8192, 8192, 4])]
+    ),
+    "tile": lambda: summed(
+        helper.make_node("Tile", ["one", "s"], ["big"]), [ints("s", [65536, 65536]), one_by_one()]
+    ),
+    "range": lambda: summed(
+        helper.make_node("Range", ["a", "b", "c"], ["big"]),
+        [scalar("a", 0.0), scalar("b", 4e9), scalar("c", 1.0)],
+    ),
+    "pad": lambda: summed(
+        helper.make_node("Pad", ["one", "p"], ["big"]),
+        [ints("p", [0, 0, 65536, 65536]), one_by_one()],
+    ),
+    "resize-to-sizes": lambda: summed(
+        helper.make_node("Resize", ["one", "", "", "s"], ["big"]),
+        [ints("s", [65536, 65536]), one_by_one()],
+    ),
+    "resize-by-scales": lambda: summed(
+        helper.make_node("Resize", ["one", "", "k"], ["big"]),
+        [helper.make_tensor("k", TensorProto.FLOAT, [2], [65536.0, 65536.0]), one_by_one()],
+    ),
+    "one-hot": lambda: summed(
+        helper.make_node("OneHot", ["i", "d", "v"], ["big"]),
+        [ints("i", [0]), ints("d", [2**32]), floats("v", [2])],
+    ),
+    "random-normal": lambda: summed(
+        helper.make_node("RandomNormal", [], ["big"], shape=[65536, 65536])
+    ),
+    "broadcast-in-if-branch": big_in_if_branch,
+    "expand-in-function": big_in_function,
+    "einsum-outer-product": outer_product,
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPUTED))
+def test_tensors_whose_size_follows_from_constants_are_bounded_at_upload(
+    http: httpx.Client, services: Services, models: None, case: str
+) -> None:
+    data = COMPUTED[case]()
+    onnx.load_model_from_string(data)
+
+    message = assert_refused(upload(http, TENSOR_MODEL, "model.onnx", data), http, services)
+
+    assert "from its constants, more than MODELWORKS_MAX_TENSOR_ELEMENTS" in message
+
+
+def test_a_shape_argument_longer_than_any_rank_is_refused(
+    http: httpx.Client, services: Services, models: None
+) -> None:
+    nodes = [
+        helper.make_node("Constant", [], ["s"], value_ints=[1] * 100_000),
+        helper.make_node("Reshape", ["x", "s"], ["z"]),
+        helper.make_node("Identity", ["x"], ["y"]),
+    ]
+    data = model_bytes(graph_of(nodes))
+
+    message = assert_refused(upload(http, TENSOR_MODEL, "model.onnx", data), http, services)
+
+    assert "shape argument of 100000 values" in message
+
+
+def test_computed_sizes_follow_the_operators_limit_and_the_models_own_weights(
+    http: httpx.Client, services: Services, models: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits = {"max_tensor_elements": 99}
+    monkeypatch.setattr(services, "settings", services.settings.model_copy(update=limits))
+    weights = floats("W", [10, 20])  # 200 elements stored in the file itself
+    transposed = helper.make_node("Transpose", ["W"], ["big"], perm=[1, 0])
+    grown = helper.make_node("Tile", ["W", "s"], ["big"])
+
+    r = upload(http, TENSOR_MODEL, "model.onnx", summed(grown, [weights, ints("s", [1, 2])]))
+    assert "(99)" in assert_refused(r, http, services)
+
+    r = upload(http, TENSOR_MODEL, "model.onnx", summed(transposed, [weights]))
+    assert r.status_code == 201, r.text  # a copy of its own weights costs only their bytes
+
+
+def test_a_model_shape_inference_cannot_follow_still_uploads(
+    http: httpx.Client, models: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def fails(*args: Any, **kwargs: Any) -> Any:
+        raise onnx.shape_inference.InferenceError("[ShapeInferenceError] unsupported")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fails)
+
+    r = upload(http, TENSOR_MODEL, "model.onnx", linear_onnx(tmp_path / "l.onnx").read_bytes())
+
+    assert r.status_code == 201, r.text
+
+
+# ONNX: opsets and IR versions ONNX Runtime cannot load -----------------------------------------
+def identity_with(opsets: dict[str, int], ir_version: int = 8) -> bytes:
+    model = onnx.load_model_from_string(
+        model_bytes(graph_of([helper.make_node("Identity", ["x"], ["y"])]), opsets=opsets)
+    )
+    model.ir_version = ir_version
+    return model.SerializeToString()
+
+
+def function_importing(opsets: dict[str, int]) -> bytes:
+    body = function("Id", [helper.make_node("Identity", ["X"], ["Y"])], opsets=opsets)
+    return model_bytes(calling("Id"), [body])
+
+
+def newest() -> dict[str, int]:
+    from modelworks.registry.onnx_check import supported_opsets
+
+    return supported_opsets()
+
+
+VERSIONS: dict[str, tuple[Callable[[], bytes], str]] = {
+    "opset-2**62": (lambda: identity_with({"": 2**62}), "opset 4611686018427387904"),
+    "opset-999": (lambda: identity_with({"": 999}), "opset 999 of domain 'ai.onnx'"),
+    "opset-one-past-the-runtime": (
+        lambda: identity_with({"": newest()[""] + 1}),
+        "the installed ONNX Runtime supports opsets 1 to",
+    ),
+    "opset-minus-1": (lambda: identity_with({"": -1}), "opset -1"),
+    "opset-0": (lambda: identity_with({"": 0}), "opset 0"),
+    "ai-onnx-alias": (lambda: identity_with({"ai.onnx": 999}), "opset 999 of domain 'ai.onnx'"),
+    "ml-opset-99": (lambda: identity_with({"ai.onnx.ml": 99}), "domain 'ai.onnx.ml'"),
+    "microsoft-opset-2": (
+        lambda: identity_with({"com.microsoft": newest()["com.microsoft"] + 1}),
+        "domain 'com.microsoft'",
+    ),
+    "function-imports-opset-999": (
+        lambda: function_importing({"": 999}),
+        "opset imports of function 'local.fn.Id'",
+    ),
+    "function-domain-version-minus-1": (
+        lambda: function_importing({FN: -1}),
+        "function domain 'local.fn'",
+    ),
+    "ir-version-2**62": (lambda: identity_with({}, 2**62), "IR version 4611686018427387904"),
+    "ir-version-one-past": (
+        lambda: identity_with({}, onnx.IR_VERSION + 1),
+        f"IR versions 1 to {onnx.IR_VERSION}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VERSIONS))
+def test_opsets_and_ir_versions_the_runtime_cannot_load_are_refused(
+    http: httpx.Client, services: Services, models: None, case: str
+) -> None:
+    build, expected = VERSIONS[case]
+
+    message = assert_refused(upload(http, TENSOR_MODEL, "model.onnx", build()), http, services)
+
+    assert expected in message
+    assert "onnxruntime::" not in message and "std::" not in message
+
+
+def test_the_newest_opsets_the_runtime_supports_upload_and_serve(
+    http: httpx.Client, models: None
+) -> None:
+    data = identity_with({"": newest()[""], "ai.onnx.ml": newest()["ai.onnx.ml"]}, onnx.IR_VERSION)
+
+    assert upload(http, TENSOR_MODEL, "model.onnx", data).status_code == 201
+    x = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    r = http.post(f"/v2/models/{TENSOR_MODEL}/infer", json={"inputs": [x]})
+    assert r.status_code == 200, r.text
+
+
 # Hugging Face folders ---------------------------------------------------------------------------
 CONFIG = json.dumps({"hidden_size": 8, "architectures": ["BertModel"]}).encode()
 BASE = {"config.json": CONFIG, "tokenizer.json": b"{}", "model.safetensors": fake_safetensors()}
@@ -642,6 +883,33 @@ def test_folder_members_outside_the_allow_list_are_refused(
     assert "Accepted:" in message and "*.safetensors" in message
 
 
+REMOTE_CODE: dict[str, tuple[str, dict[str, Any]]] = {
+    "config-auto-map": ("config.json", {"auto_map": {"AutoModel": "modeling_evil.Model"}}),
+    "config-trust-remote-code": ("config.json", {"trust_remote_code": True}),
+    "tokenizer-config-auto-map": (
+        "tokenizer_config.json",
+        {"auto_map": {"AutoTokenizer": ["tokenization_evil.Tok", None]}},
+    ),
+    "nested-in-pooling-config": ("1_Pooling/config.json", {"a": [{"b": {"auto_map": {}}}]}),
+    "generation-config-pipelines": ("generation_config.json", {"custom_pipelines": {}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE_CODE))
+def test_configs_that_ask_for_remote_code_are_refused(
+    http: httpx.Client, services: Services, models: None, case: str
+) -> None:
+    member, content = REMOTE_CODE[case]
+    config = {"hidden_size": 8, "architectures": ["BertModel"], **content}
+    data = hf_zip({member: json.dumps(config).encode()})
+
+    message = assert_refused(upload(http, TEXT_MODEL, "model.zip", data), http, services)
+
+    key = next(k for k in ("auto_map", "trust_remote_code", "custom_pipelines") if k in message)
+    assert f"member {member!r} sets {key!r}" in message
+    assert "run code shipped with the model" in message
+
+
 PICKLE = pickle.dumps({"weight": [0.0, 1.0]}, protocol=4)
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(56)
 MISMATCHED: dict[str, tuple[str, bytes, str]] = {
@@ -660,6 +928,14 @@ MISMATCHED: dict[str, tuple[str, bytes, str]] = {
         "external file",
     ),
     "sentencepiece-garbage": ("spiece.model", b"\x0a\x05ab", "SentencePiece"),
+    # what Python's json reads but the Rust loaders (serde_json) refuse
+    "json-lone-surrogate-key": ("tokenizer.json", b'{"\\ud800": 1}', "surrogate"),
+    "json-lone-low-surrogate": ("tokenizer.json", b'{"added": ["a\\uDC00"]}', "surrogate"),
+    "json-nan": ("config.json", b'{"hidden_size": 8, "eps": NaN}', "NaN"),
+    "json-infinity": ("special_tokens_map.json", b'{"a": -Infinity}', "-Infinity"),
+    "json-number-past-double": ("config.json", b'{"hidden_size": 8, "eps": 1e400}', "double"),
+    "json-integer-past-double": ("vocab.json", b'{"a": 1' + b"0" * 400 + b"}", "double"),
+    "json-128-levels": ("tokenizer.json", b"[" * 128 + b"]" * 128, "127 levels"),
 }
 
 
@@ -724,6 +1000,14 @@ HEADERS: dict[str, tuple[bytes, str]] = {
         "more than 100000 tensors",
     ),
     "shorter-than-8-bytes": (b"\x08\x00", "shorter"),
+    "lone-surrogate-tensor-name": (
+        safetensors(b'{"\\ud800": {"dtype": "F32", "shape": [10], "data_offsets": [0, 40]}}', TEN),
+        "surrogate",
+    ),
+    "lone-surrogate-in-metadata": (
+        safetensors(b'{"__metadata__": {"format": "pt\\udfff"}}'),
+        "surrogate",
+    ),
 }
 
 
@@ -903,7 +1187,9 @@ def safetensors_files(draw: st.DrawFn) -> bytes:
         size = math.prod(shape) * DTYPE_BITS.get(dtype, 32) // 8
         begin = end + draw(st.sampled_from([0, 0, 0, -2, 1]))
         end = begin + max(size, 0) + draw(st.sampled_from([0, 0, 0, -1, 4]))
-        header[f"t{i}"] = t(dtype, shape, begin, end)
+        header[draw(st.sampled_from([f"t{i}", f"t{i}\ud800", f"\udc00t{i}", f"t{i}😀"]))] = t(
+            dtype, shape, begin, end
+        )
     if draw(st.booleans()):
         header["__metadata__"] = draw(st.sampled_from([{"format": "pt"}, {"n": 1}, []]))
     data = bytes(max(end + draw(st.sampled_from([0, 0, 0, -1, 3])), 0))
