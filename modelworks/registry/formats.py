@@ -239,11 +239,8 @@ def inspect_onnx(path: Path, *, max_tensor_elements: int | None = None) -> dict[
     import onnx
     from google.protobuf.message import DecodeError
 
-    from modelworks.registry.onnx_check import (
-        check_computed_sizes,
-        check_declared_shapes,
-        check_structure,
-    )
+    from modelworks.registry.onnx_check import check_declared_shapes, check_structure
+    from modelworks.registry.onnx_sizes import check_computed_sizes
 
     with open(path, "rb") as fh:
         if fh.read(8)[4:] == b"ORTM":  # ONNX Runtime would load it as its own format, unchecked
