@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for loaded models; least recently used unload past it (0: no limit).",
     )
+    inference_memory_mb: int = Field(
+        2048,
+        ge=0,
+        description=(
+            "Memory ONNX Runtime may allocate for running models (all requests together, on top "
+            "of memory_budget_mb), in MiB; a run that needs more is refused with 413 (0: no limit)."
+        ),
+    )
     queue_size: int = Field(
         512, ge=1, description="Requests queued per model before it answers 503 with Retry-After."
     )

@@ -16,10 +16,13 @@ from modelworks.crypto import ArtifactCipher
 from modelworks.db import make_engine, make_sessionmaker
 from modelworks.jobs.onnx_export import Exporter
 from modelworks.registry import Registry
+from modelworks.runtimes.onnx import cap_memory
 from modelworks.serving.engine import Engine as ServingEngine
 from modelworks.serving.pool import ModelPool
 from modelworks.settings import Settings
 from modelworks.store import ArtifactStore
+
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Services:
             max_extract_bytes=settings.max_extract_bytes,
         )
         registry = Registry(sessions, store)
+        # one arena for every ONNX Runtime session of this process: runs past it are 413
+        cap_memory(settings.inference_memory_mb * MIB, settings.memory_budget_mb * MIB)
         pool = ModelPool(
             store,
             threads=settings.inference_threads,

@@ -8,6 +8,9 @@ A run cannot be cancelled like a coroutine: it holds a worker thread until it re
 the batcher calls `terminate(run_options)` from the event loop once nobody waits for the
 answer, and ONNX Runtime stops the run at its next node (or loop iteration). A runtime with
 no such switch ignores them and the run finishes on its own.
+
+A run whose memory ONNX Runtime refuses (see `runtimes.onnx.cap_memory`) raises
+PayloadTooLarge (413) from `predict`; any other failure is the runtime's own exception.
 """
 
 from __future__ import annotations

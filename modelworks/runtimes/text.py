@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelworks.errors import ServiceUnavailable
+from modelworks.runtimes.onnx import providers, run, session_options
 from modelworks.tensors import as_text
 
 if TYPE_CHECKING:
@@ -97,8 +98,6 @@ class TextModel:
         if onnx_path is not None:
             import onnxruntime as ort
 
-            from modelworks.runtimes.onnx import providers, session_options
-
             opts = session_options(onnx_path, threads)
             opts.log_severity_level = 3
             self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
@@ -120,7 +119,7 @@ class TextModel:
 
     def _forward(self, feeds: dict[str, np.ndarray], run_options: Any | None) -> np.ndarray:
         if self.session is not None:
-            return np.asarray(self.session.run(None, feeds, run_options)[0])
+            return np.asarray(run(self.session, None, feeds, run_options)[0])
         import torch
 
         with torch.inference_mode():

@@ -135,12 +135,17 @@ class Engine:
         return await to_thread.run_sync(self.pool.get, target, limiter=slots)
 
     async def predict(
-        self, target: Target, feeds: dict[str, np.ndarray], timeout_s: float | None = None
+        self,
+        target: Target,
+        feeds: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        wanted: list[str] | None = None,
     ) -> Prediction:
+        """Run `feeds`; `wanted` names the outputs the answer will hold (None: every one)."""
         note(model=f"{target.model}:{target.version}")
         first = next(iter(feeds.values()))
         items = int(first.shape[0]) if first.ndim else 1
-        self._check_answer_size(target, items)
+        self._check_answer_size(target, items, wanted)
         await reserve(items=items)
         runtime = await self.load(target)
         stats = self.stats.get(target.version_id)
@@ -162,9 +167,13 @@ class Engine:
         note(items=items, tokens=tokens, compute_ms=float(compute) if compute is not None else 0.0)
         return Prediction(target, outputs, items, tokens)
 
-    def _check_answer_size(self, target: Target, rows: int) -> None:
+    def _check_answer_size(self, target: Target, rows: int, wanted: list[str] | None) -> None:
         """413 before anything runs when the outputs the signature fixes already exceed the
-        response budget for this many rows."""
+        response budget for this many rows; only the outputs asked for count."""
         limit = self.pool.max_response_bytes
-        if limit > 0 and (size := output_bytes(target.signature, rows)) > limit:
+        signature = target.signature
+        if wanted is not None:
+            names = set(wanted)
+            signature = {"outputs": [s for s in signature.get("outputs", []) if s["name"] in names]}
+        if limit > 0 and (size := output_bytes(signature, rows)) > limit:
             raise too_large(size, limit)
