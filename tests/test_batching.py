@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from modelworks.errors import DeadlineExceeded, ServiceUnavailable
+from modelworks.errors import DeadlineExceeded, ModelworksError, ServiceUnavailable
 from modelworks.runtimes.onnx import OnnxModel
 from modelworks.serving.batcher import Batcher, BatchSettings
 from tests.models import linear_onnx, linear_reference
@@ -219,3 +219,36 @@ def test_no_thread_for_a_run_is_503_and_the_batcher_goes_on(
     result = asyncio.run(main())
     expected = linear_reference(np.ones((1, 4), np.float32))
     np.testing.assert_allclose(result["y"], expected, rtol=1e-5)
+
+
+class TwoOutputs:
+    """A stand-in runtime with a wide and a narrow output per row."""
+
+    def __init__(self) -> None:
+        self.signature = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+
+    def predict(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any = None,
+    ) -> dict[str, np.ndarray]:
+        x = feeds["x"]
+        return {"wide": np.repeat(x, 1024, axis=1), "narrow": x[:, :1].copy()}
+
+
+def test_the_answer_budget_counts_only_the_outputs_asked_for() -> None:
+    batcher = Batcher(TwoOutputs(), BatchSettings(max_result_bytes=4096), name="m")  # type: ignore[arg-type]
+    x = {"x": np.ones((2, 4), np.float32)}
+
+    async def main() -> tuple[dict[str, np.ndarray], BaseException | None]:
+        narrow = await batcher.submit(x, wanted=["narrow"])
+        try:
+            await batcher.submit(x)
+        except ModelworksError as exc:
+            return narrow, exc
+        return narrow, None
+
+    narrow, refused = asyncio.run(main())
+    assert narrow["narrow"].shape == (2, 1)
+    assert refused is not None and refused.status == 413

@@ -100,6 +100,7 @@ class _Item:
     future: asyncio.Future[dict[str, np.ndarray]]
     key: tuple[Any, ...]
     queued_ns: int
+    wanted: frozenset[str] | None = None  # outputs the answer holds (None: every one)
     running: bool = False
 
 
@@ -234,9 +235,13 @@ class Batcher:
         return len(self._waiting)
 
     async def submit(
-        self, feeds: dict[str, np.ndarray], timeout_s: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        timeout_s: float | None = None,
+        wanted: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run `feeds` in the next batch; 504 at the deadline whatever the batch is doing."""
+        """Run `feeds` in the next batch; 504 at the deadline whatever the batch is doing.
+        `wanted` names the outputs the answer holds: only they count against its budget."""
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
         loop = asyncio.get_running_loop()
@@ -251,6 +256,7 @@ class Batcher:
             loop.create_future(),
             key,
             time.perf_counter_ns(),
+            frozenset(wanted) if wanted is not None else None,
         )
         self._enqueue(item)
         if not self._busy:
@@ -360,9 +366,10 @@ class Batcher:
     def _launch(self, group: list[_Item]) -> bool:
         """Hand `group` to the worker thread; False (the group answered) when none can start."""
         feeds = [it.feeds for it in group]
+        wanted = [it.wanted for it in group]
         rows = [it.rows for it in group]
         try:
-            self.worker.start(self._work, (feeds, rows, self._options), self._finish)
+            self.worker.start(self._work, (feeds, rows, wanted, self._options), self._finish)
         except RuntimeError:  # out of threads: this batch fails, the batcher goes on
             for it in group:
                 it.future.set_exception(
@@ -412,7 +419,13 @@ class Batcher:
             res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total)
             it.future.set_result(res)
 
-    def _work(self, feeds: list[dict[str, np.ndarray]], rows: list[int], options: Any) -> _Run:
+    def _work(
+        self,
+        feeds: list[dict[str, np.ndarray]],
+        rows: list[int],
+        wanted: list[frozenset[str] | None],
+        options: Any,
+    ) -> _Run:
         """One batch in the worker thread: stack, run, split, measure."""
         started = time.perf_counter_ns()
         total = sum(rows)
@@ -434,16 +447,17 @@ class Batcher:
             bounds = np.cumsum(rows)[:-1]
             parts = {n: np.split(a, bounds) for n, a in out.items()}
             results = [{n: parts[n][i] for n in out} for i in range(len(feeds))]
-        checked = [self._within_budget(r) for r in results]
+        checked = [self._within_budget(r, w) for r, w in zip(results, wanted, strict=True)]
         return _Run(checked, executions, (started, stacked_at, inferred_at, time.perf_counter_ns()))
 
     def _within_budget(
-        self, result: dict[str, np.ndarray]
+        self, result: dict[str, np.ndarray], wanted: frozenset[str] | None
     ) -> dict[str, np.ndarray] | ModelworksError:
         limit = self.settings.max_result_bytes
         if limit <= 0:
             return result
-        size = answer_bytes(result, limit)
+        answered = result if wanted is None else {n: a for n, a in result.items() if n in wanted}
+        size = answer_bytes(answered, limit)
         return too_large(size, limit) if size > limit else result
 
     def _count(

@@ -153,7 +153,7 @@ class Engine:
             stats = self.stats.setdefault(target.version_id, ModelStats())
         batcher = self.pool.batcher(target, runtime, stats)
         try:
-            outputs = await batcher.submit(feeds, timeout_s)
+            outputs = await batcher.submit(feeds, timeout_s, wanted)
         except ModelworksError:
             raise
         except Exception:
