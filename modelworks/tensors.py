@@ -44,7 +44,8 @@ def datatype_of(arr: np.ndarray) -> str:
 
 
 def element_count(name: str, shape: Any, max_elements: int) -> int:
-    """Product of `shape`, checked dimension by dimension; never overflows, never allocates."""
+    """Product of `shape`, checked dimension by dimension; never overflows, never allocates.
+    A zero dimension (`[0, 4]`) is refused: a tensor has at least one element."""
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in shape
     ):
@@ -66,6 +67,11 @@ def element_count(name: str, shape: Any, max_elements: int) -> int:
                 "split the request into smaller batches",
                 details={"limit": max_elements},
             )
+    if count == 0:
+        # no protocol here gives an empty batch a meaning; refused before any model sees it
+        raise InvalidInput(
+            f"input {name!r} has no elements (shape {shape}); send at least one row of data"
+        )
     return count
 
 

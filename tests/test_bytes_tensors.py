@@ -94,7 +94,7 @@ def test_tritonclient_non_utf8_bytes_are_400(
         f"{live_server.url}/v2/models/echo/infer", content=body, headers=triton_client.auth
     )
     assert resp.status_code == 400, resp.text
-    assert "BYTES element 0 of input 's' is not valid Unicode" in resp.text
+    assert "inputs[0].data[0] is not valid Unicode text" in resp.text
 
 
 def test_tfserving_b64_bytes(echo: str, http: httpx.Client) -> None:
@@ -136,7 +136,10 @@ def raw_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The model answers RAW for each row: bytes no runtime here makes today."""
 
     def predict(
-        self: OnnxModel, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+        self: OnnxModel,
+        feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None,
+        run_options: Any = None,
     ) -> dict[str, np.ndarray]:
         raw = np.array([RAW] * len(feeds["s"]), dtype=np.object_)
         return {"s_out": raw, "s_bytes": raw}

@@ -1,5 +1,6 @@
-"""Request-size limits enforced while the body streams in, content encodings, and a JSON
-depth guard.
+"""Request-size limits enforced while the body streams in, content encodings, and the one
+JSON reader of request bodies: depth-guarded, UTF-8 only, each key once per object, and
+strings that are valid Unicode (no lone surrogates), so no protocol sees anything else.
 
 Each route family has its own cap: inference bodies `MODELWORKS_MAX_REQUEST_BYTES`,
 management bodies 1 MiB; model uploads are capped by their handler at
@@ -34,7 +35,11 @@ MAX_JSON_DEPTH = 64
 INFERENCE_PREFIXES = ("/v2/", "/v1/", "/models/")
 _UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
-_BIG_EXPONENT = re.compile(rb"[eE][+-]?0*[0-9]{3}")
+_BIG_EXPONENT = re.compile(r"[eE][+-]?0*[0-9]{3}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+_WALKED = (str, dict, list)
 # what `curl -d` and bare clients send with a JSON body; read as JSON on the management API
 JSON_ALIKE = (b"", b"application/x-www-form-urlencoded", b"text/plain")
 
@@ -66,23 +71,130 @@ def check_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> None:
 
 
 def loads(body: bytes, *, allow_nan: bool = False) -> Any:
-    """Parse a request body: depth-checked, and finite numbers only unless `allow_nan`."""
+    """Parse a request body: UTF-8, depth-checked, each key once per object, text that is
+    valid Unicode, and finite numbers only unless `allow_nan`."""
     check_depth(body)
-
-    def reject(token: str) -> Any:
-        raise BadRequest(f"{token} is not a valid JSON number; send finite numbers only")
-
+    text = utf8(body)
     try:
-        if allow_nan:
-            # where Infinity is a token, a literal past float64's range (1e400) must not read
-            # as one: refuse it, as TF-Serving does (elsewhere the tensor checks refuse
-            # infinities, naming the input); checked per number only when such an exponent
-            # is there, as that is slow on big tensors
-            exact = float if _BIG_EXPONENT.search(body) is None else _in_range
-            return json.loads(body, parse_float=exact)
-        return json.loads(body, parse_constant=reject)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        data = _parse(text, allow_nan)
+    except (ValueError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
+    check_text(data, text)
+    return data
+
+
+def check_json(body: bytes) -> None:
+    """What `loads` refuses beyond syntax, for a body another parser reads afterwards
+    (FastAPI's, on the management API, which keeps its own syntax errors)."""
+    text = utf8(body)
+    try:
+        data = _parse(text, allow_nan=False)
+    except (ValueError, RecursionError):
+        return
+    check_text(data, text)
+
+
+def utf8(body: bytes) -> str:
+    """JSON between systems is UTF-8 (RFC 8259). `json.loads(bytes)` would also guess UTF-16
+    or UTF-32 (whose ASCII holds NUL bytes, which UTF-8 JSON never does) and let raw surrogate
+    bytes through; a leading byte order mark is dropped."""
+    nul = body.find(b"\x00")
+    if nul >= 0:
+        raise _not_utf8(f"a NUL byte, as in UTF-16 or UTF-32, at byte {nul}")
+    try:
+        return body.decode().removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(f"{exc.reason} at byte {exc.start}") from None
+
+
+def _not_utf8(why: str) -> BadRequest:
+    return BadRequest(f"the request body is not UTF-8 ({why}); send JSON encoded as UTF-8")
+
+
+def _parse(text: str, allow_nan: bool) -> Any:
+    if allow_nan:
+        # where Infinity is a token, a literal past float64's range (1e400) must not read
+        # as one: refuse it, as TF-Serving does (elsewhere the tensor checks refuse
+        # infinities, naming the input); checked per number only when such an exponent
+        # is there, as that is slow on big tensors
+        exact = float if _BIG_EXPONENT.search(text) is None else _in_range
+        return json.loads(text, parse_float=exact, object_pairs_hook=unique_keys)
+    return json.loads(text, parse_constant=_not_a_number, object_pairs_hook=unique_keys)
+
+
+def _not_a_number(token: str) -> Any:
+    raise BadRequest(f"{token} is not a valid JSON number; send finite numbers only")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with each key once. Parsers disagree on which of two equal keys wins (Python
+    keeps the last, others the first), so a check and the code after it could read different
+    values: a duplicate is refused. One call per object, about 0.3 µs."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(
+                    f"the key {_shown_key(key)} appears twice in one JSON object; "
+                    "send each key once"
+                )
+            seen.add(key)
+    return obj
+
+
+def check_text(data: Any, text: str) -> None:
+    """Refuse a lone surrogate (`"\\ud800"` is valid JSON but no text: it cannot be encoded,
+    stored or echoed) in any string or key, naming where it is. Only an escape can make one
+    in UTF-8 JSON, so a body without `\\uD800`-`\\uDFFF` escapes is not walked."""
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return
+    found = _lone_surrogate(data)
+    if found is not None:
+        raise BadRequest(
+            f"{_where(*found)} is not valid Unicode text (a lone surrogate); send UTF-8 text"
+        )
+
+
+def _lone_surrogate(value: Any) -> tuple[list[str | int], bool] | None:
+    """Where the first lone surrogate is: the path to its string or key, and whether it is
+    in a key. None if there is none."""
+    if type(value) is str:
+        return ([], False) if _SURROGATE.search(value) else None
+    if type(value) is dict:
+        items: Any = value.items()
+        for key in value:
+            if _SURROGATE.search(key):
+                return [], True
+    elif type(value) is list:
+        items = enumerate(value)
+    else:
+        return None
+    for step, item in items:
+        if type(item) in _WALKED:
+            found = _lone_surrogate(item)
+            if found is not None:
+                return [step, *found[0]], found[1]
+    return None
+
+
+def _where(path: list[str | int], in_key: bool) -> str:
+    """`input[3]`, `inputs[0].name`, `a key of parameters`: what a client can find."""
+    shown = ""
+    for step in path:
+        if isinstance(step, int):
+            shown += f"[{step}]"
+        elif _PLAIN_KEY.fullmatch(step):
+            shown += f".{step}" if shown else step
+        else:
+            shown += f"[{_shown_key(step)}]"
+    if in_key:
+        return f"a key of {shown or 'the body'}"
+    return shown or "the body"
+
+
+def _shown_key(key: str) -> str:
+    return repr(key if len(key) <= 40 else f"{key[:40]}…")
 
 
 def _in_range(text: str) -> float:
@@ -114,23 +226,28 @@ def _routed(scope: Scope) -> bool:
 
 def as_json(scope: Scope, ctype: bytes | None, body: bytes, auth: bool = True) -> Scope:
     """Management routes take JSON. A body with no Content-Type, or sent as a form or plain
-    text (what `curl -d` sends), is read as JSON; another explicit type is refused."""
+    text (what `curl -d` sends), is read as JSON; another explicit type is refused. Either
+    way a duplicated key, a lone surrogate or bytes that are not UTF-8 are a 400."""
     media = (ctype or b"").split(b";", 1)[0].strip().lower()
-    if not body or media == b"application/json":
-        return scope
-    if media.startswith(b"application/") and media.endswith(b"+json"):
+    if not body:
         return scope
     keyless = auth and all(n != b"authorization" for n, _ in scope["headers"])
     if keyless or not _routed(scope):
         return scope  # its 401, 404 or 405 comes first
-    if media not in JSON_ALIKE:
+    typed = media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+    if not typed and media not in JSON_ALIKE:
         raise UnsupportedFormat(
             f"this route takes a JSON body, not {media.decode('latin-1')}; "
             "send Content-Type: application/json"
         )
+    check_json(body)
+    if typed:
+        return scope
     try:
         json.loads(body)
-    except ValueError:  # UnicodeDecodeError is a ValueError
+    except ValueError:
         raise BadRequest(
             "the request body is not JSON; send a JSON object with "
             "Content-Type: application/json (curl -H 'Content-Type: application/json' -d '{...}')"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from modelworks.db.tables import Alias, Model, ModelVersion, Project
 from modelworks.errors import Conflict, NotFound, ValidationFailed
-from modelworks.names import AliasName, ModelName
+from modelworks.names import AliasName, ModelName, VersionNumber, parse_selector
 from modelworks.store import ArtifactStore, Blob
 
 DEFAULT_ALIAS = "production"
@@ -258,15 +258,16 @@ class Registry:
         """Which version serves `name[:selector]`.
 
         No selector: the `production` alias if set, else the latest version.
-        Digits: that version number. Anything else: that alias.
+        A version number: that version. An alias name: that alias. Anything else: 404.
         """
+        model = ModelName(name)
+        wanted = None if selector is None else parse_selector(model, selector)
         with self.sessions() as s:
-            m = self._model(s, project_id, ModelName(name))
-            if selector is not None and selector.isascii() and selector.isdigit():
-                number = int(selector) if len(selector) <= 9 else -1  # beyond any version
+            m = self._model(s, project_id, model)
+            if isinstance(wanted, VersionNumber):
                 v = s.scalar(
                     select(ModelVersion).where(
-                        ModelVersion.model_id == m.id, ModelVersion.version == number
+                        ModelVersion.model_id == m.id, ModelVersion.version == int(wanted)
                     )
                 )
                 if v is None:
@@ -275,7 +276,7 @@ class Registry:
                         details={"model": name, "version": selector},
                     )
                 return m, v
-            alias_name = selector if selector is not None else DEFAULT_ALIAS
+            alias_name = str(wanted) if wanted is not None else DEFAULT_ALIAS
             v = s.scalar(
                 select(ModelVersion)
                 .join(Alias, Alias.version_id == ModelVersion.id)

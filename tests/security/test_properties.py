@@ -28,7 +28,7 @@ from modelworks.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
-from modelworks.names import AliasName, ModelName, ProjectName
+from modelworks.names import AliasName, ModelName, ProjectName, VersionNumber
 from modelworks.store import ArtifactStore, Digest, confined
 from modelworks.tensors import element_count
 
@@ -160,7 +160,7 @@ def test_element_count_is_exact_or_refused(shape: Any, cap: int) -> None:
         and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
         and len(shape) <= 32
     )
-    valid = typed and all(d >= 0 for d in shape)
+    valid = typed and all(d > 0 for d in shape)  # a zero dimension leaves no elements
     prefixes = [math.prod(shape[:i]) for i in range(1, len(shape) + 1)] if typed else []
     try:
         count = element_count("x", shape, cap)
@@ -215,6 +215,84 @@ def test_check_depth_agrees_with_the_json_nesting(
     assert nesting(value) <= limit
     if "Infinity" not in body.decode():
         assert loads(body) == json.loads(body)
+
+
+# duplicate keys and lone surrogates ------------------------------------------------------------
+# small alphabets, so that keys repeat; "\ud800" and "\udc00" alone are no text, together one
+# character; "\\u0061" is "a" spelled as an escape
+pieces = st.sampled_from(["a", "b", "\ud800", "\udc00", "\ud83d\ude00", "é"])
+texts = st.lists(pieces, max_size=3).map("".join)
+raw_json = st.recursive(
+    st.integers() | texts.map(lambda t: ("str", t)),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(st.tuples(texts, inner), max_size=3).map(lambda kv: ("obj", kv))
+    ),
+    max_leaves=12,
+)
+
+
+def render(node: Any, escape_a: bool) -> str:
+    """JSON text of a node: ("obj", pairs) is an object whose keys may repeat, ("str", t) a
+    string; keys spell "a" as an escape when `escape_a`."""
+    if isinstance(node, list):
+        return "[" + ",".join(render(v, escape_a) for v in node) + "]"
+    if isinstance(node, tuple) and node[0] == "obj":
+        keys = [json.dumps(k).replace("a", "\\u0061" if escape_a else "a") for k, _ in node[1]]
+        values = [render(v, escape_a) for _, v in node[1]]
+        return "{" + ",".join(f"{k}:{v}" for k, v in zip(keys, values, strict=True)) + "}"
+    if isinstance(node, tuple):
+        return json.dumps(node[1])
+    return json.dumps(node)
+
+
+def lone(value: Any) -> bool:
+    if isinstance(value, str):
+        return re.search("[\ud800-\udfff]", value) is not None
+    if isinstance(value, dict):
+        return any(lone(k) or lone(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(lone(v) for v in value)
+    return False
+
+
+@PROPERTY
+@given(node=raw_json, escape_a=st.booleans())
+def test_loads_refuses_exactly_repeated_keys_and_lone_surrogates(node: Any, escape_a: bool) -> None:
+    text = render(node, escape_a)
+    repeated: list[bool] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        repeated.append(len({k for k, _ in pairs}) != len(pairs))
+        return dict(pairs)
+
+    expected = json.loads(text, object_pairs_hook=pairs_hook)
+    try:
+        got = loads(text.encode())
+    except BadRequest as exc:
+        assert any(repeated) or lone(expected), f"{text!r} refused: {exc.message}"
+        assert "appears twice" in exc.message or "not valid Unicode text" in exc.message
+        return
+    assert not any(repeated) and not lone(expected), f"{text!r} accepted"
+    assert got == expected
+
+
+versions = st.integers(min_value=-5, max_value=10**10).map(str) | joined(
+    [*"0123456789", " ", "+", "-", "_", ".", "e", "x", "\uff11", "\u0663", "\n"], 12
+)
+
+
+@PROPERTY
+@given(text=versions)
+def test_a_version_is_plain_ascii_digits(text: str) -> None:
+    plain = re.fullmatch(r"[1-9][0-9]{0,8}", text) is not None
+    try:
+        number = VersionNumber(text)
+    except ValidationFailed:
+        assert not plain, f"{text!r} was refused"
+        return
+    assert plain, f"{text!r} was read as version {int(number)}"
+    assert str(number) == text
 
 
 # digests and the store paths built from them ----------------------------------------------------

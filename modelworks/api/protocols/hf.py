@@ -11,19 +11,22 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from anyio import to_thread
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.protocols.openai import load_json, parse_texts, truncate
 from modelworks.api.protocols.v2 import read_body
+from modelworks.api.responses import AnswerBudget, dumps, numpy_json
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import InvalidInput
 
 router = APIRouter(tags=["hugging face"])
+ANSWER_ADVICE = "send fewer inputs per request, or a smaller 'parameters.top_k'"
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -63,6 +66,7 @@ async def task_call(
     model: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> Response:
     svc = services(request)
+    budget = AnswerBudget(svc.settings.max_response_bytes, ANSWER_ADVICE)
     req = load_json(await read_body(request, svc.settings.max_request_bytes))
     single = isinstance(req.get("inputs"), str)
     texts = parse_texts(req.get("inputs"), field="inputs")
@@ -86,14 +90,22 @@ async def task_call(
             if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= full:
                 raise InvalidInput(f"'dimensions' must be an integer from 1 to {full}")
             emb = await to_thread.run_sync(truncate, emb, dims)
-        rows = emb.astype(np.float32).tolist()
-        return JSONResponse(rows[0] if single else rows)
+        rows = budget.array(np.asarray(emb[0] if single else emb, dtype=np.float32), numpy_json)
+        return Response(budget.body(rows), media_type="application/json")
     scoring, k = score_function(params), top_k(params)
     pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
     scores = SCORES[scoring](pred.outputs)
     labels = list(t.signature.get("labels") or [f"LABEL_{i}" for i in range(scores.shape[1])])
-    result = [
-        [{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:k]]
-        for row in scores
-    ]
-    return JSONResponse(result)
+    result = [_top_labels(budget, row, labels, k) for row in scores]
+    return Response(budget.body(result), media_type="application/json")
+
+
+def _top_labels(
+    budget: AnswerBudget, row: np.ndarray, labels: list[Any], k: int | None
+) -> orjson.Fragment:
+    """One text's labels, best first, as transformers' pipeline lists them."""
+    order = np.argsort(-row, kind="stable")[:k]
+    best = [{"label": labels[i], "score": float(row[i])} for i in order]
+    text = dumps(best)
+    budget.take(len(text))
+    return orjson.Fragment(text)

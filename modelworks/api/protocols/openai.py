@@ -19,7 +19,7 @@ from starlette.responses import Response
 from modelworks.api.auth import require
 from modelworks.api.limits import loads
 from modelworks.api.protocols.v2 import read_body
-from modelworks.api.responses import FastJSON
+from modelworks.api.responses import AnswerBudget, numpy_json
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
@@ -27,6 +27,9 @@ from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
 router = APIRouter(tags=["openai"])
 MAX_INPUTS = 2048
 MAX_INPUT_BYTES = 64 * 1024
+ANSWER_ADVICE = (
+    "ask for encoding_format 'base64', for fewer 'dimensions', or send fewer inputs per request"
+)
 LANGCHAIN_HINT = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))"
 
 
@@ -159,19 +162,23 @@ async def embeddings(request: Request, p: Principal = Depends(require("infer")))
     if dims is not None and dims < full:
         emb = await to_thread.run_sync(truncate, emb, dims)
     emb = np.ascontiguousarray(emb, dtype="<f4")
+    budget = AnswerBudget(svc.settings.max_response_bytes, ANSWER_ADVICE)
     data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": base64.b64encode(row.tobytes()).decode() if fmt == "base64" else row,
-        }
+        {"object": "embedding", "index": i, "embedding": _row(budget, row, fmt)}
         for i, row in enumerate(emb)
     ]
-    return FastJSON(
-        {
-            "object": "list",
-            "data": data,
-            "model": t.model,
-            "usage": {"prompt_tokens": pred.tokens, "total_tokens": pred.tokens},
-        }
-    )
+    answer = {
+        "object": "list",
+        "data": data,
+        "model": t.model,
+        "usage": {"prompt_tokens": pred.tokens, "total_tokens": pred.tokens},
+    }
+    return Response(budget.body(answer), media_type="application/json")
+
+
+def _row(budget: AnswerBudget, row: np.ndarray, fmt: str) -> Any:
+    """One embedding as the client asked for it, counted against the answer's budget."""
+    if fmt == "base64":
+        budget.take(4 * -(-row.nbytes // 3))
+        return base64.b64encode(row.tobytes()).decode()
+    return budget.array(row, numpy_json)

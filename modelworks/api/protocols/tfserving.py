@@ -20,6 +20,7 @@ the other protocols' JSON is strict.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from modelworks.api.protocols.tfserving_codec import (
     predict_feeds,
 )
 from modelworks.api.protocols.v2 import read_body
+from modelworks.api.responses import AnswerBudget
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, NotFound, ValidationFailed
@@ -50,7 +52,9 @@ router = APIRouter(tags=["tensorflow serving"])
 VERBS = ("predict", "classify", "regress")
 DEFAULT_SIGNATURE = "serving_default"
 INT64_MAX = 2**63 - 1
+_INT64 = re.compile(r"-?(0|[1-9][0-9]{0,18})")
 OFFLOAD_BYTES = 256 * 1024  # decode/encode bodies this big in a worker thread
+ANSWER_ADVICE = "send fewer instances per request"
 
 
 # routes -------------------------------------------------------------------------------------
@@ -129,9 +133,9 @@ def _split_verb(segment: str) -> tuple[str, str]:
 
 
 def _version_number(text: str) -> int:
-    """An int64, as TF-Serving parses the version in the path; anything else is a 400."""
-    digits = text[1:] if text.startswith("-") else text
-    if digits.isascii() and digits.isdigit() and len(digits) <= 19:
+    """An int64, as TF-Serving parses the version in the path, written plainly: `int()` would
+    also read ' 1', '+1', '01', '1_0' or a full-width '1' as 1. Anything else is a 400."""
+    if _INT64.fullmatch(text):
         number = int(text)
         if -INT64_MAX - 1 <= number <= INT64_MAX:
             return number
@@ -241,10 +245,11 @@ async def _call(
     else:
         feeds, shape = _decode_call(verb, t, body, svc)
     outputs = (await svc.serving.predict(t, feeds)).outputs
+    budget = AnswerBudget(svc.settings.max_response_bytes, ANSWER_ADVICE)
     if big or sum(a.size for a in outputs.values()) > OFFLOAD_BYTES // 8:
-        payload = await to_thread.run_sync(encode_call, verb, t, shape, outputs)
+        payload = await to_thread.run_sync(encode_call, verb, t, shape, outputs, budget)
     else:
-        payload = encode_call(verb, t, shape, outputs)
+        payload = encode_call(verb, t, shape, outputs, budget)
     return Response(payload, media_type="application/json")
 
 

@@ -40,7 +40,9 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
+from modelworks.api.responses import AnswerBudget, Encoder
 from modelworks.errors import BadRequest, InvalidInput
 from modelworks.serving.target import Target
 from modelworks.tensors import NUMPY_TYPES, element_count, encode_text
@@ -406,7 +408,9 @@ def _rows(t: Target, name: str, arr: np.ndarray, batch: int) -> np.ndarray:
     return arr.reshape(batch, -1)
 
 
-def _regress_results(t: Target, outputs: dict[str, np.ndarray], batch: int) -> list[Any]:
+def _regress_results(
+    t: Target, outputs: dict[str, np.ndarray], batch: int, budget: AnswerBudget
+) -> orjson.Fragment:
     name = str(_regress_output(t)["name"])
     values = _rows(t, name, outputs[name], batch)
     if values.shape[1] != 1:
@@ -414,35 +418,58 @@ def _regress_results(t: Target, outputs: dict[str, np.ndarray], batch: int) -> l
             f"model {t.model!r} returned {values.shape[1]} values per row in {name!r}; "
             ":regress needs one; use :predict"
         )
-    return list(values[:, 0].tolist())
+    return budget.array(values[:, 0], tf_json(name))
 
 
-def _classify_results(t: Target, outputs: dict[str, np.ndarray], batch: int) -> list[Any]:
+def _classify_results(
+    t: Target, outputs: dict[str, np.ndarray], batch: int, budget: AnswerBudget
+) -> list[orjson.Fragment]:
     name = str(_score_output(t)["name"])
     scores = _rows(t, name, outputs[name], batch)
     k = scores.shape[1]
     labels = t.signature.get("labels")
     if not (isinstance(labels, list) and len(labels) == k):
         labels = [""] if k == 1 else [str(j) for j in range(k)]
-    return [[[str(labels[j]), s] for j, s in enumerate(row)] for row in scores.tolist()]
+    return [budget.array(row, _labelled([str(x) for x in labels])) for row in scores]
 
 
 # encoding -----------------------------------------------------------------------------------
+def tf_json(name: str) -> Encoder:
+    """Nested lists as TF-Serving writes them (see `to_json`; NaN and Infinity as tokens)."""
+    return lambda part, _start: _dumps(to_json(name, part))
+
+
+def _labelled(labels: list[str]) -> Encoder:
+    """`[[label, score], ...]` for a part of one row of scores."""
+    return lambda part, start: _dumps(
+        [[labels[start + j], s] for j, s in enumerate(to_json("", part))]
+    )
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=True, separators=(",", ":")).encode()
+
+
 def encode_call(
-    verb: str, t: Target, shape: tuple[int, str], outputs: dict[str, np.ndarray]
+    verb: str,
+    t: Target,
+    shape: tuple[int, str],
+    outputs: dict[str, np.ndarray],
+    budget: AnswerBudget,
 ) -> bytes:
+    """The answer's body, its arrays encoded a slice at a time against `budget`."""
     batch, form = shape
     if verb == "regress":
-        body: dict[str, Any] = {"results": _regress_results(t, outputs, batch)}
+        body: dict[str, Any] = {"results": _regress_results(t, outputs, batch, budget)}
     elif verb == "classify":
-        body = {"results": _classify_results(t, outputs, batch)}
+        body = {"results": _classify_results(t, outputs, batch, budget)}
     else:
         names = _output_names(t, outputs)
         if form == "columns":
             if len(names) == 1:
-                body = {"outputs": to_json(names[0], outputs[names[0]])}
+                body = {"outputs": budget.array(outputs[names[0]], tf_json(names[0]))}
             else:
-                body = {"outputs": {n: to_json(n, outputs[n]) for n in names}}
+                body = {"outputs": {n: budget.array(outputs[n], tf_json(n)) for n in names}}
         else:
             for n in names:
                 arr = outputs[n]
@@ -452,11 +479,11 @@ def encode_call(
                         f"({batch}); send the columnar format ('inputs') to read it"
                     )
             if len(names) == 1:
-                body = {"predictions": to_json(names[0], outputs[names[0]])}
+                body = {"predictions": budget.array(outputs[names[0]], tf_json(names[0]))}
             else:
-                cols = {n: to_json(n, outputs[n]) for n in names}
+                cols = {n: budget.rows(outputs[n], tf_json(n)) for n in names}
                 body = {"predictions": [{n: cols[n][i] for n in names} for i in range(batch)]}
-    return json.dumps(body, allow_nan=True, separators=(",", ":")).encode()
+    return budget.body(body)
 
 
 def _output_names(t: Target, outputs: dict[str, np.ndarray]) -> list[str]:

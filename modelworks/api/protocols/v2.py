@@ -22,7 +22,7 @@ from modelworks import __version__
 from modelworks.api.auth import require
 from modelworks.api.health import database_ok
 from modelworks.api.limits import loads
-from modelworks.api.responses import FastJSON, dumps, json_data
+from modelworks.api.responses import AnswerBudget, binary_size, flat_json
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
 from modelworks.errors import BadRequest, InvalidInput, ModelworksError, PayloadTooLarge
@@ -40,6 +40,10 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 EXTENSIONS: list[str] = ["binary_tensor_data", "statistics"]
 STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 COMPUTE = ("compute_input", "compute_infer", "compute_output")
+ANSWER_ADVICE = (
+    'ask for the outputs in binary (parameters: {"binary_data_output": true}, the binary '
+    "tensor extension), for fewer outputs, or send fewer rows"
+)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -71,6 +75,11 @@ def server_ready(request: Request) -> JSONResponse:
     if database_ok(request):
         return JSONResponse({"ready": True})
     return JSONResponse({"error": "database unreachable", "ready": False}, status_code=503)
+
+
+# HEAD too, as /livez and /readyz: probes often use it (kept out of the schema)
+router.add_api_route("/health/live", server_live, methods=["HEAD"], include_in_schema=False)
+router.add_api_route("/health/ready", server_ready, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get("")
@@ -200,6 +209,7 @@ async def infer(
     check_against_signature(t.signature, feeds)
     wanted, binary = requested_outputs(req, [o["name"] for o in t.signature.get("outputs", [])])
     results = (await svc.serving.predict(t, feeds)).outputs
+    budget = AnswerBudget(svc.settings.max_response_bytes, ANSWER_ADVICE)
     head: dict[str, Any] = {"model_name": t.model, "model_version": str(t.version)}
     if isinstance(req.get("id"), str):
         head["id"] = req["id"]
@@ -208,18 +218,19 @@ async def infer(
     for name in wanted:
         arr = results[name]
         out: dict[str, Any] = {"name": name, "datatype": _datatype(arr), "shape": list(arr.shape)}
-        if binary[name] or arr.dtype == np.float16:
+        if binary[name] or arr.dtype == np.float16:  # FP16 has no exact JSON form here
+            budget.take(binary_size(arr))
             blob = to_binary(arr)
             out["datatype"] = datatype_of(arr)
             out["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            out["data"] = json_data(arr, name)
+            out["data"] = budget.array(arr.reshape(-1), flat_json(name))
         outputs.append(out)
     head["outputs"] = outputs
+    header = budget.body(head, tail=sum(map(len, blobs)))
     if not blobs:
-        return FastJSON(head)
-    header = dumps(head)
+        return Response(header, media_type="application/json")
     return Response(
         header + b"".join(blobs),
         media_type="application/octet-stream",
@@ -284,24 +295,38 @@ def decode_request(
 
 
 def requested_outputs(req: dict[str, Any], known: list[str]) -> tuple[list[str], dict[str, bool]]:
-    """Which outputs to return, and which of them as binary."""
+    """Which outputs to return, and which of them as binary: each named output once (a name
+    repeated would repeat its data in the answer), at most as many as the model has."""
     params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
     default_binary = bool(params.get("binary_data_output", False)) if params else False
     requested = req.get("outputs")
-    if not isinstance(requested, list) or not requested:
+    if requested is None or requested == []:
         return known, dict.fromkeys(known, default_binary)
-    wanted: list[str] = []
+    if not isinstance(requested, list):
+        raise BadRequest(
+            f"'outputs' must be a list of objects {{\"name\": ...}}; the model's outputs are "
+            f"{known}"
+        )
+    if len(requested) > len(known):
+        raise InvalidInput(
+            f"'outputs' names {len(requested)} outputs but the model has {len(known)}; name "
+            f"each output at most once (the model's outputs are {known})"
+        )
     binary: dict[str, bool] = {}
     for out in requested:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in known:
             raise InvalidInput(f"unknown output {name!r}; the model's outputs are {known}")
+        if name in binary:
+            raise InvalidInput(
+                f"output {name!r} is requested twice; name each output once "
+                f"(the model's outputs are {known})"
+            )
         oparams = out.get("parameters") if isinstance(out.get("parameters"), dict) else {}
-        wanted.append(str(name))
         binary[str(name)] = (
             bool(oparams.get("binary_data", default_binary)) if oparams else default_binary
         )
-    return wanted, binary
+    return list(binary), binary
 
 
 def _datatype(arr: Any) -> str:
