@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from modelworks.api.metrics import note
 from modelworks.errors import (
@@ -121,10 +122,10 @@ def error_response(request: Request, exc: ModelworksError, style: str | None = N
         rid = getattr(request.state, "request_id", None)
         if rid:
             body["error"]["request_id"] = rid
-    # exact `application/json` (no charset): the kserve client compares the header verbatim
-    return JSONResponse(
-        body, status_code=exc.status, headers=headers, media_type="application/json"
-    )
+    # exact `application/json` (no charset): the kserve client compares the header verbatim.
+    # ASCII escapes: a message that echoes a lone surrogate still encodes (UTF-8 would raise)
+    content = json.dumps(body, separators=(",", ":")).encode()
+    return Response(content, status_code=exc.status, headers=headers, media_type="application/json")
 
 
 def _describe(errors: list[Any]) -> str:

@@ -24,7 +24,7 @@ from modelworks.api.services import Services, services
 from modelworks.api.uploads import receive_file
 from modelworks.auth.keys import Principal
 from modelworks.errors import Conflict, Forbidden, ModelworksError, ServiceUnavailable
-from modelworks.names import AliasName, ModelName
+from modelworks.names import AliasName, ModelName, parse_version
 from modelworks.registry.formats import detect_and_inspect
 from modelworks.store import Upload, disk_space
 
@@ -186,12 +186,13 @@ def list_versions(
 def get_version(
     name: str,
     request: Request,
-    version: int = FastPath(ge=1, le=2**31 - 1),
+    version: str = FastPath(max_length=64, description="A version number, e.g. 3."),
     p: Principal = Depends(require("read")),
 ) -> VersionOut:
     svc = services(request)
     p.check_model(name)
-    v = svc.registry.get_version(p.project_id, name, version)
+    # one spelling per version: `01`, `+1`, ` 1` or `1.0` name no version
+    v = svc.registry.get_version(p.project_id, name, parse_version(name, version))
     m = svc.registry.get_model(p.project_id, name)
     aliases = sorted(a.name for a in m.aliases if a.version_id == v.id)
     return VersionOut.of(name, v, aliases, svc.pool.status)

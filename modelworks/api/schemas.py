@@ -66,7 +66,8 @@ class ModelPatch(BaseModel):
 class AliasSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, le=2**31 - 1)
+    # strict: "01", 1.0 or true are not version 1
+    version: int = Field(ge=1, le=999_999_999, strict=True)
     warm: bool = Field(
         True, description="Load and warm the version before the alias moves (no cold requests)."
     )

@@ -371,19 +371,11 @@ class ModelPool:
             entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
         return entry.batcher
 
-    def status(self, version: Target | int | str) -> tuple[str, str]:
+    def status(self, version: Target | int) -> tuple[str, str]:
         """('ready'|'loading'|'failed'|'unloaded', reason) of a served version (a Target or
         its version id) in this process: why it failed to load, or what its warm-up said when
-        it is ready. A serving digest (the older form) answers for the most recently used
-        version of that artifact; prefer the version, whose texts are its own."""
-        if isinstance(version, str):
-            entry = max(
-                (e for e in self.entries() if e.target.digest == version),
-                key=lambda e: e.last_used,
-                default=None,
-            )
-        else:
-            entry = self._entries.get(version if isinstance(version, int) else version.version_id)
+        it is ready. Per version, never per file: the texts name only its own model."""
+        entry = self._entries.get(version if isinstance(version, int) else version.version_id)
         if entry is None:
             return "unloaded", ""
         if entry.model is not None:

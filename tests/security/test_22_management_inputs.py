@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import Request
 
 from modelworks.api.errors import MAX_RETRY_AFTER_S, error_response
-from modelworks.errors import TooManyRequests
+from modelworks.errors import NotFound, TooManyRequests
 from tests.models import linear_onnx
 
 
@@ -193,3 +193,41 @@ def test_a_percent_escape_that_is_not_utf8_is_400(
 def test_utf8_escapes_still_pass(http: httpx.Client) -> None:
     r = http.get("/api/v1/audit?action=caf%C3%A9")
     assert r.status_code == 200, r.text
+
+
+# one spelling per version on the management routes ----------------------------------------------
+@pytest.fixture
+def one_version(http: httpx.Client, tmp_path: Path) -> str:
+    assert http.post("/api/v1/models", json={"name": "spell"}).status_code == 201
+    path = linear_onnx(tmp_path / "m.onnx")
+    with path.open("rb") as fh:
+        r = http.post("/api/v1/models/spell/versions", files={"file": ("m.onnx", fh)})
+    assert r.status_code == 201, r.text
+    return "/api/v1/models/spell"
+
+
+@pytest.mark.parametrize(
+    "spelling", ["1.0", "+1", "%201", "1%20", "01", "0001", "1e0", "%EF%BC%91"]
+)
+def test_a_version_has_one_spelling_in_management_paths(
+    http: httpx.Client, one_version: str, spelling: str
+) -> None:
+    assert http.get(f"{one_version}/versions/1").status_code == 200
+    r = http.get(f"{one_version}/versions/{spelling}")
+    assert r.status_code in (400, 404), (spelling, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("version", [True, "1", "01", 1.0, 1e0])
+def test_an_alias_takes_a_whole_number_only(
+    http: httpx.Client, one_version: str, version: object
+) -> None:
+    r = http.put(f"{one_version}/aliases/prod", json={"version": version, "warm": False})
+    assert r.status_code == 422, (version, r.text)
+    assert http.get(f"{one_version}/aliases/prod").status_code in (404, 405)
+
+
+def test_an_error_that_echoes_a_lone_surrogate_still_answers() -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/api/v1/x", "headers": []})
+    r = error_response(request, NotFound("model '\ud800' not found"))
+    assert r.status_code == 404
+    assert b"\\ud800" in r.body

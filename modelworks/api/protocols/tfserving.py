@@ -177,7 +177,7 @@ async def _resolve(
 def _status(request: Request, t: Target) -> dict[str, Any]:
     """TF-Serving's version status: a version that failed to convert or to load here is END
     with its reason, as TF-Serving reports a servable that failed to load."""
-    loaded, reason = services(request).pool.status(t.digest)
+    loaded, reason = services(request).pool.status(t)
     state, code, message = "AVAILABLE", "OK", ""
     if t.status == "converting":
         state = "LOADING"
