@@ -43,6 +43,18 @@ def _postgres_schema_url(base: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Each test gets the environment it started with back: `modelworks serve` run in-process
+    sets process-wide switches (HF_HUB_OFFLINE, cache folders) that must not reach the
+    subprocesses of later tests (the README's clients run in one)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Registry tests run once on SQLite and once on PostgreSQL (when configured)."""
