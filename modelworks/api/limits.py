@@ -38,6 +38,9 @@ _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 _BIG_EXPONENT = re.compile(r"[eE][+-]?0*[0-9]{3}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# what a terminal acts on when the CLI prints a stored text: C0 controls but tab and newlines,
+# DEL, C1 controls (8-bit CSI), and the bidirectional overrides and isolates
+TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _WALKED = (str, dict, list)
 # what `curl -d` and bare clients send with a JSON body; read as JSON on the management API
@@ -92,6 +95,12 @@ def check_json(body: bytes) -> None:
     except (ValueError, RecursionError):
         return
     check_text(data, text)
+    found = _first_match(data, TERMINAL_CONTROL)
+    if found is not None:  # management texts are shown in terminals and the console
+        raise BadRequest(
+            f"{_where(*found)} holds a control or bidirectional-override character; "
+            "send plain text (tabs and newlines are fine)"
+        )
 
 
 def utf8(body: bytes) -> str:
@@ -159,12 +168,17 @@ def check_text(data: Any, text: str) -> None:
 def _lone_surrogate(value: Any) -> tuple[list[str | int], bool] | None:
     """Where the first lone surrogate is: the path to its string or key, and whether it is
     in a key. None if there is none."""
+    return _first_match(value, _SURROGATE)
+
+
+def _first_match(value: Any, pattern: re.Pattern[str]) -> tuple[list[str | int], bool] | None:
+    """Where the first string or key holding `pattern` is, and whether it is a key."""
     if type(value) is str:
-        return ([], False) if _SURROGATE.search(value) else None
+        return ([], False) if pattern.search(value) else None
     if type(value) is dict:
         items: Any = value.items()
         for key in value:
-            if _SURROGATE.search(key):
+            if pattern.search(key):
                 return [], True
     elif type(value) is list:
         items = enumerate(value)
@@ -172,7 +186,7 @@ def _lone_surrogate(value: Any) -> tuple[list[str | int], bool] | None:
         return None
     for step, item in items:
         if type(item) in _WALKED:
-            found = _lone_surrogate(item)
+            found = _first_match(item, pattern)
             if found is not None:
                 return [step, *found[0]], found[1]
     return None

@@ -17,6 +17,7 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from modelworks.api.limits import TERMINAL_CONTROL
 from modelworks.errors import (
     BadRequest,
     ModelworksError,
@@ -234,8 +235,11 @@ class _FormReader:
                 value = self.buf.decode("utf-8")
             except UnicodeDecodeError:
                 raise malformed(f"the field {self.part_name[:64]!r} is not UTF-8") from None
-            if "\x00" in value:
-                raise malformed(f"the field {self.part_name[:64]!r} holds a NUL character")
+            if TERMINAL_CONTROL.search(value):  # shown in terminals: no escape sequences
+                raise malformed(
+                    f"the field {self.part_name[:64]!r} holds a control or bidirectional-override"
+                    " character; send plain text"
+                )
             self.form.fields[self.part_name] = value
 
     def on_end(self) -> None:

@@ -231,3 +231,42 @@ def test_an_error_that_echoes_a_lone_surrogate_still_answers() -> None:
     r = error_response(request, NotFound("model '\ud800' not found"))
     assert r.status_code == 404
     assert b"\\ud800" in r.body
+
+
+# texts a terminal would act on ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text", ["d\x1b[2J\x1b]0;pwn\x07", "a\x9b31m", "evil\u202etxt.exe", "x\u2066y", "nul\x00"]
+)
+@pytest.mark.parametrize(
+    ("path", "field", "extra"),
+    [
+        ("/api/v1/models", "description", {"name": "ctl"}),
+        ("/api/v1/keys", "name", {"role": "developer"}),
+        ("/api/v1/projects", "description", {"name": "ctl"}),
+    ],
+)
+def test_management_texts_refuse_terminal_controls(
+    http: httpx.Client, path: str, field: str, extra: dict[str, Any], text: str
+) -> None:
+    r = http.post(path, json={**extra, field: text})
+    assert r.status_code == 400, (path, r.status_code, r.text)
+    assert "control" in r.text
+
+
+def test_tabs_and_newlines_stay_allowed(http: httpx.Client) -> None:
+    r = http.post("/api/v1/models", json={"name": "multi", "description": "line 1\n\tline 2"})
+    assert r.status_code == 201, r.text
+
+
+def test_a_version_description_refuses_terminal_controls(
+    http: httpx.Client, versions: str, onnx_bytes: bytes
+) -> None:
+    content, headers = multipart(
+        [
+            (b'form-data; name="description"', b"d\x1b[2J"),
+            (b'form-data; name="file"; filename="m.onnx"', onnx_bytes),
+        ]
+    )
+    r = http.post(versions, content=content, headers=headers)
+    assert r.status_code == 400, r.text
+    assert http.get(versions).json() == []
