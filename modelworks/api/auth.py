@@ -18,6 +18,7 @@ from anyio import to_thread
 from fastapi import Depends, Query
 from starlette.requests import Request
 
+from modelworks.api.limits import BODY_PROBLEM
 from modelworks.api.metrics import note
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -166,6 +167,9 @@ async def authorize(
         p = await to_thread.run_sync(scope_to, svc, p, project)
         note(project_id=p.project_id)
         request.state.principal = p
+    problem = getattr(request.state, BODY_PROBLEM, None)  # found by the body reader
+    if problem is not None:
+        raise BadRequest(problem)
     if permission == "infer" and p.key_id is not None and p.limits.quota:
         await _reserve_request(svc, p.key_id, p, inference=request.method == "POST")
     return p

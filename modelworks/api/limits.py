@@ -40,6 +40,7 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # what a terminal acts on when the CLI prints a stored text: C0 controls but tab and newlines,
 # DEL, C1 controls (8-bit CSI), and the bidirectional overrides and isolates
+BODY_PROBLEM = "body_problem"  # request state: a body refused after authentication
 TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _WALKED = (str, dict, list)
@@ -95,12 +96,22 @@ def check_json(body: bytes) -> None:
     except (ValueError, RecursionError):
         return
     check_text(data, text)
+
+
+def terminal_control(body: bytes) -> str | None:
+    """What is wrong when a management body's texts hold what a terminal acts on (they are
+    shown by the CLI and the console); None when fine or when the body is no JSON."""
+    try:
+        data = _parse(body.decode(errors="replace"), allow_nan=False)
+    except (ValueError, RecursionError):
+        return None
     found = _first_match(data, TERMINAL_CONTROL)
-    if found is not None:  # management texts are shown in terminals and the console
-        raise BadRequest(
-            f"{_where(*found)} holds a control or bidirectional-override character; "
-            "send plain text (tabs and newlines are fine)"
-        )
+    if found is None:
+        return None
+    return (
+        f"{_where(*found)} holds a control or bidirectional-override character; "
+        "send plain text (tabs and newlines are fine)"
+    )
 
 
 def utf8(body: bytes) -> str:
@@ -257,6 +268,9 @@ def as_json(scope: Scope, ctype: bytes | None, body: bytes, auth: bool = True) -
             "send Content-Type: application/json"
         )
     check_json(body)
+    problem = terminal_control(body)
+    if problem is not None:  # refused once the key is checked: a bad key still gets its 401
+        scope = {**scope, "state": {**scope.get("state", {}), BODY_PROBLEM: problem}}
     if typed:
         return scope
     try:
