@@ -87,24 +87,22 @@ def loads(body: bytes, *, allow_nan: bool = False) -> Any:
     return data
 
 
-def check_json(body: bytes) -> None:
+def check_json(body: bytes) -> Any:
     """What `loads` refuses beyond syntax, for a body another parser reads afterwards
-    (FastAPI's, on the management API, which keeps its own syntax errors)."""
+    (FastAPI's, on the management API, which keeps its own syntax errors). Returns the
+    parsed body, or None when it is no JSON."""
     text = utf8(body)
     try:
         data = _parse(text, allow_nan=False)
     except (ValueError, RecursionError):
-        return
-    check_text(data, text)
-
-
-def terminal_control(body: bytes) -> str | None:
-    """What is wrong when a management body's texts hold what a terminal acts on (they are
-    shown by the CLI and the console); None when fine or when the body is no JSON."""
-    try:
-        data = _parse(body.decode(errors="replace"), allow_nan=False)
-    except (ValueError, RecursionError):
         return None
+    check_text(data, text)
+    return data
+
+
+def terminal_control(data: Any) -> str | None:
+    """What is wrong when a parsed management body's texts hold what a terminal acts on
+    (they are shown by the CLI and the console); None when fine."""
     found = _first_match(data, TERMINAL_CONTROL)
     if found is None:
         return None
@@ -267,8 +265,7 @@ def as_json(scope: Scope, ctype: bytes | None, body: bytes, auth: bool = True) -
             f"this route takes a JSON body, not {media.decode('latin-1')}; "
             "send Content-Type: application/json"
         )
-    check_json(body)
-    problem = terminal_control(body)
+    problem = terminal_control(check_json(body))  # parsed once for both checks
     if problem is not None:  # refused once the key is checked: a bad key still gets its 401
         scope = {**scope, "state": {**scope.get("state", {}), BODY_PROBLEM: problem}}
     if typed:
