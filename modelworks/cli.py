@@ -110,7 +110,20 @@ def _start(settings: Any, services: Any, demo: bool, on_ready: Callable[[], None
     app = create_app(settings, services)
     services.pool.settle_heap = True
     settle_heap()
+    _limit_memory(settings)
     ready_server(server_config(app, settings), on_ready).run()
+
+
+def _limit_memory(settings: Any) -> None:
+    """The process's data ceiling (modelworks.memory), once everything before serving is held."""
+    from modelworks import memory
+    from modelworks.runtimes.onnx import providers
+
+    limit = memory.apply(memory.ceiling(settings, cuda="CUDAExecutionProvider" in providers()))
+    if limit:
+        err.print(
+            f"memory ceiling: {limit // memory.MIB} MiB of data for this process ({memory.SETTING})"
+        )
 
 
 def server_config(app: Any, settings: Any) -> Any:

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
             "of memory_budget_mb), in MiB; a run that needs more is refused with 413 (0: no limit)."
         ),
     )
+    process_memory_mb: int = Field(
+        -1,
+        ge=-1,
+        description=(
+            "Data memory the server process may hold, in MiB (the kernel's RLIMIT_DATA): past "
+            "it a run answers 413 and the server goes on. -1: what it holds at start plus "
+            "memory_budget_mb, inference_memory_mb and headroom (off with CUDA); 0: no limit."
+        ),
+    )
     queue_size: int = Field(
         512, ge=1, description="Requests queued per model before it answers 503 with Retry-After."
     )

@@ -18,6 +18,7 @@ from modelworks.errors import (
     ERRORS_BY_STATUS,
     InternalError,
     ModelworksError,
+    ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
 )
@@ -168,6 +169,17 @@ def install(app: FastAPI) -> None:
         resp.status_code = exc.status_code
         resp.headers.update(headers)
         return resp
+
+    @app.exception_handler(MemoryError)
+    async def _memory(request: Request, exc: MemoryError) -> Response:
+        # the process's data limit (modelworks.memory) refused an allocation: this request
+        # fails, the server goes on
+        from modelworks import memory
+
+        memory.trim()
+        return error_response(
+            request, ServiceUnavailable(memory.refusal_message(), details={"retry_after": 1})
+        )
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> Response:

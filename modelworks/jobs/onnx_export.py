@@ -288,6 +288,9 @@ def limit_memory(megabytes: int) -> None:
     instead of the machine running out of memory."""
     import resource
 
+    from modelworks.memory import lift
+
+    lift()  # the server's own data ceiling is not this child's
     if megabytes > 0:
         size = megabytes * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (size, size))

@@ -13,6 +13,11 @@ Constant folding is off: ONNX Runtime folds at load, outside the arena, so a few
 (`ConstantOfShape` of a constant shape, repeated) would fold into gigabytes before any cap
 applies. Those nodes run inside the cap instead; in exported transformers that leaves a few
 cheap shape nodes unfolded.
+
+What the arena does not hold (the characters of string tensors, kernels' working memory) is
+bounded by the process's data limit (`modelworks.memory`): an allocation past it fails with
+`std::bad_alloc` inside the run, which answers 413 naming that setting, and the heap the run
+took is handed back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from modelworks import memory
 from modelworks.errors import PayloadTooLarge
 from modelworks.tensors import as_text
 
@@ -36,6 +42,8 @@ _OUT_OF_MEMORY = (
     "Failed to allocate memory",
     "Tensor storage size overflowed",
 )
+# what a kernel's failed allocation reads like: the process's data limit (modelworks.memory)
+_PROCESS_OUT_OF_MEMORY = ("bad_alloc",)
 
 
 class _Arena:
@@ -94,12 +102,31 @@ def memory_refusal() -> PayloadTooLarge:
     )
 
 
+def process_out_of_memory(exc: BaseException) -> bool:
+    """Whether a run failed because the process's data limit refused an allocation."""
+    text = str(exc)
+    return any(marker in text for marker in _PROCESS_OUT_OF_MEMORY)
+
+
+def process_memory_refusal() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the model needed more memory than {memory.SETTING} leaves the server (all requests "
+        "together); send fewer rows or smaller inputs, or retry when the server is less busy"
+    )
+
+
 def run(session: Any, names: list[str] | None, feeds: dict[str, Any], options: Any | None) -> Any:
     """`session.run`, with a refused allocation answered as the 413 it is (any other failure
     is the caller's to word)."""
     try:
         return session.run(names, feeds, options)
+    except MemoryError:
+        memory.trim()
+        raise process_memory_refusal() from None
     except Exception as exc:
+        if process_out_of_memory(exc):
+            memory.trim()
+            raise process_memory_refusal() from None
         if out_of_memory(exc):
             raise memory_refusal() from None
         raise
