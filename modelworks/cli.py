@@ -29,6 +29,7 @@ from modelworks.commands.keys import keys_app
 from modelworks.commands.models import models_app
 from modelworks.commands.projects import audit, csv_cell, projects_app, usage
 from modelworks.commands.settings import is_loopback, settings_from
+from modelworks.commands.worker import start_workers, stop_workers, worker
 from modelworks.quiet import confine
 
 __all__ = ["app", "csv_cell", "main"]
@@ -46,6 +47,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.command()(usage)
 app.command()(audit)
+app.command()(worker)
 
 
 @app.command()
@@ -59,10 +61,18 @@ def serve(
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="Serve without API keys (loopback only).")
     ] = False,
+    job_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=64, help="Job worker processes to start beside the server [default: 1]."
+        ),
+    ] = None,
 ) -> None:
     """Apply migrations and start the server (prints the admin key on first start)."""
     with handled():
         settings = settings_from(host=host, port=port, home=home, auth=False if no_auth else None)
+        if job_workers is not None:
+            settings = settings.model_copy(update={"job_workers": job_workers})
         if not settings.auth and not is_loopback(settings.host):
             fail(
                 f"refusing to serve {settings.host} without auth: anyone on the network could "
@@ -108,10 +118,14 @@ def _start(settings: Any, services: Any, demo: bool, on_ready: Callable[[], None
         if ensure_minilm(services, on_export=announce):
             err.print(f"registered the demo model [bold]{EMBED_MODEL}[/]")
     app = create_app(settings, services)
-    services.pool.settle_heap = True
-    settle_heap()
-    _limit_memory(settings)
-    ready_server(server_config(app, settings), on_ready).run()
+    workers = start_workers(settings, settings.job_workers)
+    try:
+        services.pool.settle_heap = True
+        settle_heap()
+        _limit_memory(settings)
+        ready_server(server_config(app, settings), on_ready).run()
+    finally:
+        stop_workers(workers)
 
 
 def _limit_memory(settings: Any) -> None:

@@ -81,6 +81,7 @@ def ensure_minilm(services: object, on_export: Callable[[], None] | None = None)
     """Register all-MiniLM-L6-v2 as `minilm` (task embeddings) and export it to ONNX now."""
     from modelworks.api.services import Services
     from modelworks.errors import NotFound
+    from modelworks.jobs.export import queue_export
     from modelworks.registry.formats import inspect_transformers
     from modelworks.store import temp_prefix
 
@@ -120,11 +121,12 @@ def ensure_minilm(services: object, on_export: Callable[[], None] | None = None)
         created_by="modelworks demo",
         lineage={"source": "demo"},
         status="converting",
+        then=lambda s, v: queue_export(services.jobs, s, pid, EMBED_MODEL, v, "modelworks demo"),
     )
     reg.set_alias(pid, EMBED_MODEL, "production", v.version)
     if on_export is not None:
         on_export()
-    services.exporter.run(v.id, blob.digest, "embeddings", str(signature.get("root") or ""))
+    services.run_jobs()  # the export job, here and now: the demo is ready when serve starts
     return True
 
 

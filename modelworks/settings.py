@@ -57,6 +57,24 @@ class Settings(BaseSettings):
         ge=0,
         description="Address space of one ONNX export child process, in MiB (0: no limit).",
     )
+    job_workers: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "Job worker processes `modelworks serve` starts beside the server (0: none; run "
+            "`modelworks worker` elsewhere)."
+        ),
+    )
+    job_lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description=(
+            "Seconds a worker holds a job without a heartbeat; past it another worker takes "
+            "the job over (its worker renews it every few seconds)."
+        ),
+    )
     docs_public: bool = Field(
         False,
         description="Serve /docs, /redoc and /openapi.json without a key (off: a key is needed).",

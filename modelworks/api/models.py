@@ -24,6 +24,7 @@ from modelworks.api.services import Services, services
 from modelworks.api.uploads import receive_file
 from modelworks.auth.keys import Principal
 from modelworks.errors import Conflict, Forbidden, ModelworksError, ServiceUnavailable
+from modelworks.jobs.export import queue_export
 from modelworks.names import AliasName, ModelName, parse_version
 from modelworks.registry.formats import detect_and_inspect
 from modelworks.store import Upload, disk_space
@@ -146,11 +147,13 @@ async def upload_version(
             created_by=p.prefix,
             lineage={"source": "upload", "filename": form.filename[-255:]},
             status="converting" if converting else "ready",
+            then=(
+                (lambda s, v: queue_export(svc.jobs, s, p.project_id, name, v, p.prefix))
+                if converting
+                else None
+            ),
         )
     )
-    if converting:
-        root = str(signature.get("root") or "")
-        svc.exporter.start(v.id, blob.digest, model.task, root, p.project_id)
     audit_action(request, p, "version.upload", f"{name}:{v.version}", digest=blob.digest)
     return VersionOut.of(name, v)
 

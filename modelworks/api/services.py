@@ -14,7 +14,8 @@ from modelworks.auth.limits import FailureThrottle, Limiter, make_backend
 from modelworks.auth.usage import UsageMeter
 from modelworks.crypto import ArtifactCipher
 from modelworks.db import make_engine, make_sessionmaker
-from modelworks.jobs.onnx_export import Exporter
+from modelworks.jobs.kinds import WorkerContext, registered
+from modelworks.jobs.queue import JobQueue
 from modelworks.registry import Registry
 from modelworks.runtimes.onnx import cap_memory
 from modelworks.serving.engine import Engine as ServingEngine
@@ -36,7 +37,7 @@ class Services:
     audit: AuditLog
     pool: ModelPool
     serving: ServingEngine
-    exporter: Exporter
+    jobs: JobQueue
     limiter: Limiter
     auth_failures: FailureThrottle
     usage: UsageMeter
@@ -57,6 +58,7 @@ class Services:
             cipher=cipher,
             max_extract_bytes=settings.max_extract_bytes,
         )
+        jobs = JobQueue(sessions, settlers=registered(), lease_s=settings.job_lease_s)
         registry = Registry(sessions, store)
         # one arena for every ONNX Runtime session of this process: runs past it are 413
         cap_memory(settings.inference_memory_mb * MIB, settings.memory_budget_mb * MIB)
@@ -78,14 +80,24 @@ class Services:
             audit=AuditLog(sessions),
             pool=pool,
             serving=ServingEngine(registry, pool),
-            exporter=Exporter(
-                registry, store, settings.max_upload_bytes, memory_mb=settings.export_memory_mb
-            ),
+            jobs=jobs,
             limiter=Limiter(make_backend(settings.limits_url)),
             auth_failures=FailureThrottle(settings.auth_failures_per_minute),
             usage=UsageMeter(sessions),
             default_project_id=registry.project_id("default"),
         )
+
+    def worker_context(self) -> WorkerContext:
+        """For a worker in this process (the demo, tests): told of model changes at once."""
+        return WorkerContext(
+            self.settings, self.sessions, self.store, self.jobs, self.registry.notify
+        )
+
+    def run_jobs(self, timeout_s: float = 600.0) -> int:
+        """Run every due job here and now, in child processes as a worker does."""
+        from modelworks.jobs.worker import Worker
+
+        return Worker(self.worker_context(), poll_s=0.1).drain(timeout_s)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -198,3 +198,54 @@ class UsageRecord(Base):
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     compute_ms: Mapped[float] = mapped_column(Float, default=0.0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Job(Base):
+    """One unit of background work (an ONNX export, a training run...), queued in the registry
+    database and run by a `modelworks worker` (see `modelworks.jobs.queue`).
+
+    `status`: queued -> running -> succeeded | failed | cancelled; a failed attempt with tries
+    left goes back to queued, due at `run_after`. A running job is held by `worker` until
+    `lease_until` (unix seconds), renewed by its heartbeat; past it, any worker may claim it."""
+
+    __tablename__ = "jobs"
+    # ids are the handles users follow: never reused
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    run_after: Mapped[float] = mapped_column(Float, default=0.0)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    lease_until: Mapped[float] = mapped_column(Float, default=0.0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # the latest progress event, kept on the job so a listing needs no event scan
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    phase: Mapped[str] = mapped_column(String(64), default="")
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobEvent(Base):
+    """What a job said, in order: `type` "status" (a state change), "progress" (phase,
+    progress 0-1, step, metrics, message) or "log" (one line). The id is the Server-Sent
+    Events id a follower resumes from."""
+
+    __tablename__ = "job_events"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

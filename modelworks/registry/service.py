@@ -73,6 +73,10 @@ class Registry:
         for listener in self.listeners:
             listener(project_id, name)
 
+    def notify(self, project_id: int, name: str) -> None:
+        """Tell this process's listeners that a model changed elsewhere (e.g. by a job)."""
+        self._changed(project_id, name)
+
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self.sessions.begin() as s:
@@ -198,8 +202,10 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         status: str = "ready",
+        then: Callable[[Session, ModelVersion], None] | None = None,
     ) -> ModelVersion:
-        """Register a stored blob as the model's next version (numbers never collide)."""
+        """Register a stored blob as the model's next version (numbers never collide);
+        `then` runs in the same transaction (e.g. queueing the version's export job)."""
         for _attempt in range(20):
             try:
                 with self._tx() as s:
@@ -222,6 +228,8 @@ class Registry:
                     )
                     s.add(v)
                     s.flush()
+                    if then is not None:
+                        then(s, v)
                     s.expunge(v)
                 self._changed(project_id, name)
                 return v

@@ -1,5 +1,6 @@
-"""Hugging Face text models: fast tokenizer + ONNX Runtime (the export made at registration),
-with PyTorch transformers as the fallback when no export exists.
+"""Hugging Face text models: fast tokenizer + ONNX Runtime, on the ONNX file the version's
+`export` job made. A version without one (its export failed) is not served: PyTorch is
+imported only by job child processes.
 
 Tasks: `embeddings` (pooling as sentence-transformers configures it, then optional L2
 normalisation) and `text-classification` (softmax over the config's labels).
@@ -86,7 +87,7 @@ class TextModel:
     def __init__(
         self,
         folder: Path,
-        onnx_path: Path | None,
+        onnx_path: Path,
         task: str,
         signature: dict[str, Any],
         threads: int = 0,
@@ -95,18 +96,12 @@ class TextModel:
         self.signature = signature
         self.cfg = TextConfig(folder)
         self.tokenizer = load_tokenizer(folder, self.cfg.max_length)
-        if onnx_path is not None:
-            import onnxruntime as ort
+        import onnxruntime as ort
 
-            opts = session_options(onnx_path, threads)
-            opts.log_severity_level = 3
-            self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
-            self.input_names = [i.name for i in self.session.get_inputs()]
-            self.torch_model: Any = None
-        else:
-            self.session = None
-            self.torch_model = _torch_model(folder, task)
-            self.input_names = ["input_ids", "attention_mask", "token_type_ids"]
+        opts = session_options(onnx_path, threads)
+        opts.log_severity_level = 3
+        self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
         enc = self.tokenizer.encode_batch(texts)
@@ -118,14 +113,7 @@ class TextModel:
         return {k: v for k, v in feeds.items() if k in self.input_names}
 
     def _forward(self, feeds: dict[str, np.ndarray], run_options: Any | None) -> np.ndarray:
-        if self.session is not None:
-            return np.asarray(run(self.session, None, feeds, run_options)[0])
-        import torch
-
-        with torch.inference_mode():
-            out = self.torch_model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-        tensor = out.logits if self.task == "text-classification" else out.last_hidden_state
-        return np.asarray(tensor.float().numpy())
+        return np.asarray(run(self.session, None, feeds, run_options)[0])
 
     def predict(
         self,
@@ -137,7 +125,7 @@ class TextModel:
         enc = self.tokenize(texts)
         mask = enc["attention_mask"]
         tokens = mask.sum(axis=1).astype(np.int64)
-        hidden = self._forward(enc, run_options)  # PyTorch has no stop switch: it finishes
+        hidden = self._forward(enc, run_options)
         if self.task == "text-classification":
             logits = hidden.astype(np.float32)
             z = logits - logits.max(axis=1, keepdims=True)
@@ -166,24 +154,6 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     return np.asarray((hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9))
 
 
-def _torch_model(folder: Path, task: str) -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise ServiceUnavailable(
-            "this model has no ONNX export and PyTorch transformers is not installed; "
-            "install modelworks[transformers] on the server"
-        ) from None
-    cls = (
-        transformers.AutoModelForSequenceClassification
-        if task == "text-classification"
-        else transformers.AutoModel
-    )
-    model = cls.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
-    model.eval()
-    return model
-
-
 def load_text_model(target: Target, store: ArtifactStore, threads: int = 0) -> TextModel:
     folder = store.unpacked(target.source_digest)
     root = str(target.signature.get("root") or "")
@@ -191,5 +161,12 @@ def load_text_model(target: Target, store: ArtifactStore, threads: int = 0) -> T
         from modelworks.archives import SafeRelPath
 
         folder = folder / SafeRelPath(root)
-    onnx_path = store.local_path(target.digest) if target.digest != target.source_digest else None
+    if target.digest == target.source_digest:
+        # no ONNX export: this server runs ONNX Runtime only (torch stays in job processes)
+        reason = target.status_reason or "it has no ONNX export"
+        raise ServiceUnavailable(
+            f"version {target.version} of {target.model!r} cannot be served: {reason}; "
+            "fix the model and upload it again, or upload an ONNX file"
+        )
+    onnx_path = store.local_path(target.digest)
     return TextModel(folder, onnx_path, target.task, target.signature, threads=threads)

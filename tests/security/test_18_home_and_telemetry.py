@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ import pytest
 
 from modelworks.api.services import Services
 from modelworks.demo import minilm_folder, pack_folder
-from modelworks.jobs import onnx_export
-from modelworks.jobs.onnx_export import Exporter
+from modelworks.jobs.export import ExportKind
+from modelworks.jobs.kinds import Plan
+from modelworks.jobs.worker import Worker
 from tests.conftest import free_port
 from tests.models import linear_onnx
 from tests.textmodels import TEXTS, build_classifier
@@ -146,83 +146,8 @@ def test_the_server_writes_nothing_outside_its_home(tmp_path: Path, classifier: 
     assert telemetry == []  # not moved into the home: never written
 
 
-# exports share fairly ---------------------------------------------------------------------------
-class HeldExports:
-    """Records the order exports start in and holds each until the test lets it finish."""
-
-    def __init__(self) -> None:
-        self.started: list[int] = []
-        self.release: dict[int, threading.Event] = {}
-        self.lock = threading.Lock()
-        self.running: set[int] = set()
-        self.most_running = 0
-
-    def run(self, version_id: int, *args: Any) -> bool:
-        with self.lock:
-            self.started.append(version_id)
-            self.running.add(version_id)
-            self.most_running = max(self.most_running, len(self.running))
-            event = self.release.setdefault(version_id, threading.Event())
-        event.wait(20)
-        with self.lock:
-            self.running.discard(version_id)
-        return True
-
-    def finish(self, version_id: int) -> None:
-        with self.lock:
-            self.release.setdefault(version_id, threading.Event()).set()
-
-    def wait_started(self, count: int) -> None:
-        for _ in range(2000):
-            with self.lock:
-                if len(self.started) >= count:
-                    return
-            time.sleep(0.005)
-        raise AssertionError(f"only {self.started} started")
-
-
-@pytest.fixture
-def held(services: Services, monkeypatch: pytest.MonkeyPatch) -> HeldExports:
-    exports = HeldExports()
-    monkeypatch.setattr(services.exporter, "run", exports.run)
-    return exports
-
-
-def test_one_projects_exports_do_not_hold_back_another(
-    services: Services, held: HeldExports
-) -> None:
-    """Project 1 queues three long exports, then project 2 one: project 2's starts at once,
-    beside project 1's first, and project 1 never runs two at a time."""
-    exporter = services.exporter
-    for version_id in (11, 12, 13):
-        exporter.start(version_id, "sha256:" + "a" * 64, "embeddings", "", 1)
-    held.wait_started(1)
-    exporter.start(21, "sha256:" + "b" * 64, "embeddings", "", 2)
-    held.wait_started(2)
-    assert held.started == [11, 21]
-
-    held.finish(21)  # a free slot does not go to a second export of project 1
-    time.sleep(0.05)
-    assert held.started == [11, 21]
-    for version_id in (11, 12, 13):
-        held.finish(version_id)
-    exporter.wait(20)
-    assert held.started == [11, 21, 12, 13]
-    assert held.most_running == 2
-
-
-def test_projects_take_turns_for_the_one_slot(services: Services) -> None:
-    """With a single slot, a project that queued later is served second, not last."""
-    exports = HeldExports()
-    exporter = Exporter(services.registry, services.store, 1 << 20, slots=1)
-    exporter.run = exports.run  # type: ignore[method-assign]
-    for version_id, project in ((11, 1), (12, 1), (13, 1), (21, 2), (31, 3), (22, 2)):
-        exporter.start(version_id, "sha256:" + "c" * 64, "embeddings", "", project)
-    for version_id in (11, 21, 31, 12, 22, 13):
-        exports.finish(version_id)
-    exporter.wait(20)
-    assert exports.started == [11, 21, 31, 12, 22, 13]
-    assert exports.most_running == 1
+# exports share fairly: the job queue gives each project a turn (tests/test_job_queue.py,
+# test_projects_take_turns), exports being jobs of kind `export`
 
 
 # the export child: its memory cap and its failures ---------------------------------------------
@@ -230,8 +155,8 @@ def test_projects_take_turns_for_the_one_slot(services: Services) -> None:
 def uploaded(
     http: httpx.Client, services: Services, classifier: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[int, str, str]:
-    """The classifier uploaded as version 1, its export not started: (id, digest, root)."""
-    monkeypatch.setattr(services.exporter, "start", lambda *a, **k: None)
+    """The classifier uploaded as version 1, its export job queued, not run: (id, digest,
+    root)."""
     assert http.post("/api/v1/models", json={"name": CLASSIFIER, "task": "text-classification"})
     r = http.post(
         f"/api/v1/models/{CLASSIFIER}/versions",
@@ -250,10 +175,9 @@ def version(http: httpx.Client) -> dict[str, Any]:
 def test_an_export_past_its_memory_cap_fails_with_the_setting_named(
     http: httpx.Client, services: Services, uploaded: tuple[int, str, str]
 ) -> None:
-    version_id, digest, root = uploaded
-    exporter = Exporter(services.registry, services.store, MAX_UPLOAD_BYTES, memory_mb=200)
-
-    assert exporter.run(version_id, digest, "text-classification", root) is False
+    ctx = services.worker_context()
+    ctx.settings = services.settings.model_copy(update={"export_memory_mb": 200})
+    assert Worker(ctx).drain(240) == 1
 
     v = version(http)
     assert v["status"] == "failed"
@@ -267,17 +191,18 @@ def test_an_export_failure_says_why_without_server_paths(
     uploaded: tuple[int, str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    version_id, digest, root = uploaded
+    _version_id, digest, _root = uploaded
     secret = services.store.root / "unpacked" / digest[7:] / "model.safetensors"
-
-    def failing_child(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-        stderr = (
-            f"Traceback (most recent call last):\nOSError: Unable to load weights from {secret}\n"
-        )
-        return subprocess.CompletedProcess(args, 1, "", stderr)
-
-    monkeypatch.setattr(onnx_export.subprocess, "run", failing_child)
-    assert services.exporter.run(version_id, digest, "text-classification", root) is False
+    (job,) = services.jobs.list_jobs(services.default_project_id)
+    tail = ["Traceback (most recent call last):", f"OSError: Unable to load weights from {secret}"]
+    roots = [str(services.store.root / "unpacked" / digest[7:]), str(services.store.scratch)]
+    plan = Plan(argv=[], env={}, timeout_s=1, state={"roots": roots})
+    ctx = services.worker_context()
+    reason, retry = ExportKind().failure(job, ctx, plan, 1, tail)
+    assert retry is False  # an export that failed fails the same way again
+    claimed = services.jobs.claim("test-worker")
+    assert claimed is not None
+    assert services.jobs.fail(job.id, "test-worker", reason, retry=retry) == "failed"
 
     reason = version(http)["status_reason"]
     assert reason.startswith("ONNX export failed")
