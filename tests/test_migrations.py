@@ -42,3 +42,21 @@ def test_migrations_keep_the_data(services, client, tmp_path, database_url) -> N
     upgrade(url)
     assert client.get_model("kept")["latest_version"] == 1
     assert key["id"] in [k["id"] for k in client.list_keys()]
+
+
+def test_versions_left_converting_get_an_export_job(
+    services, client, tmp_path, database_url
+) -> None:  # type: ignore[no-untyped-def]
+    """The old server resumed interrupted exports by scanning versions; 0006 queues them."""
+    from tests.models import linear_onnx
+
+    client.create_model("half", task="embeddings")
+    client.push("half", linear_onnx(tmp_path / "m.onnx"))
+    url = services.settings.resolved_database_url
+    downgrade(url, "0005")
+    with services.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE model_versions SET status = 'converting'")
+    upgrade(url)
+    (job,) = services.jobs.list_jobs(services.default_project_id)
+    assert (job.kind, job.status) == ("export", "queued")
+    assert (job.params["model"], job.params["version"]) == ("half", 1)

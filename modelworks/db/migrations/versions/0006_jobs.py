@@ -7,6 +7,8 @@ Create Date: 2026-11-28
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -63,6 +65,62 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_job_events_job_id"), "job_events", ["job_id"])
+    _queue_interrupted_exports()
+
+
+def _queue_interrupted_exports() -> None:
+    """Versions left `converting` by the old in-process exporter get an export job, which the
+    old server would have resumed by scanning versions at start."""
+    import time
+    from datetime import UTC, datetime
+
+    conn = op.get_bind()
+    rows = conn.execute(
+        sa.text(
+            "SELECT v.id, v.version, v.digest, v.signature, m.name, m.task, m.project_id "
+            "FROM model_versions v JOIN models m ON m.id = v.model_id "
+            "WHERE v.status = 'converting'"
+        )
+    ).fetchall()
+    jobs = sa.table(
+        "jobs",
+        *(sa.column(c) for c in ("project_id", "kind", "status", "error", "attempts")),
+        sa.column("params", sa.JSON()),
+        sa.column("result", sa.JSON()),
+        *(sa.column(c) for c in ("max_attempts", "run_after", "worker", "lease_until")),
+        *(sa.column(c) for c in ("cancel_requested", "progress", "phase", "created_by")),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    for vid, number, digest, signature, name, task, project_id in rows:
+        sig = signature if isinstance(signature, dict) else json.loads(signature or "{}")
+        params = {
+            "version_id": vid,
+            "model": name,
+            "version": number,
+            "source_digest": digest,
+            "task": task,
+            "root": str(sig.get("root") or ""),
+        }
+        conn.execute(
+            jobs.insert().values(
+                project_id=project_id,
+                kind="export",
+                status="queued",
+                params=params,
+                result={},
+                error="",
+                attempts=0,
+                max_attempts=3,
+                run_after=time.time(),
+                worker="",
+                lease_until=0.0,
+                cancel_requested=False,
+                progress=0.0,
+                phase="",
+                created_by="migration 0006",
+                created_at=datetime.now(UTC),
+            )
+        )
 
 
 def downgrade() -> None:
