@@ -13,15 +13,11 @@ import os
 import secrets
 from pathlib import Path
 
-from modelworks.errors import InternalError
+from modelworks.errors import DecryptionFailed
 
 MAGIC = b"MWAES1\n"
 CHUNK = 1024 * 1024
 TAG = 16
-
-
-class DecryptionFailed(InternalError):
-    code = "corrupt_artifact"
 
 
 def read_key(path: Path) -> bytes:

@@ -1,7 +1,7 @@
 """The one exception tree. Each error knows its HTTP status and a stable `code`.
 
     ModelworksError
-    ├── BadRequest (400)           ── InvalidInput (400)
+    ├── BadRequest (400)           ── InvalidInput (400), ClientGone (400)
     ├── Unauthorized (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -14,15 +14,22 @@
     ├── ServiceUnavailable (503)
     ├── DeadlineExceeded (504)
     ├── InsufficientStorage (507)
-    └── InternalError (500)
+    ├── InternalError (500)        ── CorruptArtifact (500) ── DecryptionFailed (500)
+    └── ServerUnreachable (503, raised by the SDK: nothing answered)
 
-The API turns these into one JSON envelope in one place; the SDK maps envelopes back to the
-same classes by `code`.
+Every class lives here and registers itself by `code` as it is defined (a class that names
+no `code` of its own shares its parent's and is not a class the SDK can tell apart, so each
+one names one); the API turns them into each protocol's error shape in one place
+(`modelworks.api.errors`), and the SDK rebuilds the same class from the code, or from the
+HTTP status where a protocol's shape carries no code.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+# code -> class, filled as each class is defined; see ModelworksError.__init_subclass__
+ERRORS_BY_CODE: dict[str, type[ModelworksError]] = {}
 
 
 class ModelworksError(Exception):
@@ -33,6 +40,12 @@ class ModelworksError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a code belongs to the first class that claims it: a second class claiming it would
+        # come back from the SDK as the first (the test of every subclass names it)
+        ERRORS_BY_CODE.setdefault(cls.code, cls)
 
     def envelope(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -47,9 +60,15 @@ class BadRequest(ModelworksError):
 
 
 class InvalidInput(BadRequest):
-    """An inference input does not match the model's signature."""
+    """An inference input does not match the model's signature, or the model cannot run on it."""
 
     code = "invalid_input"
+
+
+class ClientGone(BadRequest):
+    """The client disconnected before its request body arrived whole."""
+
+    code = "client_disconnected"
 
 
 class Unauthorized(ModelworksError):
@@ -123,51 +142,61 @@ class InternalError(ModelworksError):
     code = "internal_error"
 
 
-ERRORS_BY_CODE: dict[str, type[ModelworksError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest,
-        InvalidInput,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        MethodNotAllowed,
-        Conflict,
-        PayloadTooLarge,
-        UnsupportedFormat,
-        ValidationFailed,
-        TooManyRequests,
-        ServiceUnavailable,
-        DeadlineExceeded,
-        InsufficientStorage,
-        InternalError,
-    )
-}
-ERRORS_BY_STATUS: dict[int, type[ModelworksError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    405: MethodNotAllowed,
-    409: Conflict,
-    413: PayloadTooLarge,
-    415: UnsupportedFormat,
-    422: ValidationFailed,
-    429: TooManyRequests,
-    503: ServiceUnavailable,
-    504: DeadlineExceeded,
-    507: InsufficientStorage,
-}
+class CorruptArtifact(InternalError):
+    """A stored artifact is missing or does not match its digest."""
+
+    code = "corrupt_artifact"
 
 
-def error_from_envelope(status: int, body: Any) -> ModelworksError:
-    """Rebuild the exception a server sent (used by the SDK)."""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        err = body["error"]
-        cls = ERRORS_BY_CODE.get(
-            str(err.get("code")), ERRORS_BY_STATUS.get(status, ModelworksError)
-        )
-        return cls(str(err.get("message", "")), details=err.get("details") or None)
-    if isinstance(body, dict) and isinstance(body.get("error"), str):  # protocol routes
-        return ERRORS_BY_STATUS.get(status, ModelworksError)(body["error"])
-    return ERRORS_BY_STATUS.get(status, ModelworksError)(f"server answered HTTP {status}")
+class DecryptionFailed(CorruptArtifact):
+    """An encrypted artifact does not decrypt with the store's key (wrong key, or damaged)."""
+
+    code = "decryption_failed"
+
+
+class ServerUnreachable(ModelworksError):
+    """Raised by the SDK when nothing answers at the server's URL (no server sends it)."""
+
+    status = 503
+    code = "server_unreachable"
+
+
+# status -> the first class defined with it (the most general: a subclass comes after its
+# parent), for answers whose shape carries no code; derived, so a new status needs no edit
+ERRORS_BY_STATUS: dict[int, type[ModelworksError]] = {}
+for _cls in ERRORS_BY_CODE.values():
+    ERRORS_BY_STATUS.setdefault(_cls.status, _cls)
+del _cls
+
+# the response header that carries the code on every error answer, whatever the body's shape
+CODE_HEADER = "x-error-code"
+
+
+def error_class(status: int, *codes: Any) -> type[ModelworksError]:
+    """The class of an error answer: by the first of `codes` that is known, else by status."""
+    for code in codes:
+        if isinstance(code, str) and code in ERRORS_BY_CODE:
+            return ERRORS_BY_CODE[code]
+    return ERRORS_BY_STATUS.get(status, ModelworksError)
+
+
+def error_from_envelope(status: int, body: Any, code: str | None = None) -> ModelworksError:
+    """Rebuild the exception a server sent (used by the SDK), from any of the error shapes
+    the server answers (see `modelworks.api.errors.error_style`):
+
+    - the Modelworks envelope `{"error": {"code", "message", "details"}}`;
+    - OpenAI's `{"error": {"message", "type", "param", "code"}}`;
+    - OIP v2's, TF-Serving's and the Hugging Face tasks' `{"error": "<message>"}`, which
+      carry no code: the `x-error-code` header (passed as `code`) does, else the status
+      decides.
+    """
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        cls = error_class(status, err.get("code"), code)
+        details = err.get("details")
+        message = err.get("message", "")
+        return cls(str(message), details=details if isinstance(details, dict) else None)
+    cls = error_class(status, code)
+    if isinstance(err, str):
+        return cls(err)
+    return cls(f"server answered HTTP {status}")

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from modelworks.crypto import ArtifactCipher
-from modelworks.errors import InsufficientStorage, InternalError, PayloadTooLarge, ValidationFailed
+from modelworks.errors import (
+    CorruptArtifact,
+    InsufficientStorage,
+    InternalError,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 CHUNK = 1024 * 1024
@@ -142,10 +148,6 @@ class Digest(str):
 class Blob:
     digest: Digest
     size: int
-
-
-class CorruptArtifact(InternalError):
-    code = "corrupt_artifact"
 
 
 def confined(root: Path, relative: str) -> Path:

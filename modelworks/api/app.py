@@ -15,7 +15,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse
 
 from modelworks import __version__
-from modelworks.api import audit, docs, errors, health, keys, models, projects, usage
+from modelworks.api import audit, docs, errors, health, jobs, keys, models, projects, usage
 from modelworks.api.auth import require
 from modelworks.api.encoding import Compress
 from modelworks.api.fastpath import InferFastPath
@@ -50,7 +50,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         svc.store.clean_scratch()
-        svc.exporter.resume()
         flusher = asyncio.create_task(flush_usage_forever())
         yield
         flusher.cancel()
@@ -73,7 +72,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    for module in (health, models, keys, projects, usage, audit, v2, openai, hf, tfserving):
+    for module in (health, models, keys, projects, usage, audit, jobs, v2, openai, hf, tfserving):
         app.include_router(module.router)
     app.include_router(docs.router(settings, app))
     metrics = Metrics(svc.pool)
@@ -105,8 +104,15 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
                 "Content-Encoding",
                 "Inference-Header-Content-Length",
             ],
-            expose_headers=["Inference-Header-Content-Length", "Retry-After", "X-Request-ID"],
+            expose_headers=[
+                "Inference-Header-Content-Length",
+                "Retry-After",
+                "X-Request-ID",
+                "X-Error-Code",
+            ],
         )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_names)
+    # outermost (added last): request ids, security headers, and the 500 of an exception no
+    # handler took, which Starlette would otherwise answer outside all of these
     app.add_middleware(RequestContext)
     return app

@@ -1,5 +1,12 @@
 """Errors become responses here, and only here: one JSON envelope for the management API,
-`{"error": "<message>"}` for the protocol routes whose clients expect that shape."""
+`{"error": "<message>"}` for the protocol routes whose clients expect that shape, OpenAI's
+error object for its routes. Every error answer names its `code` in the `x-error-code`
+header too (the string shape has no room for it), so the SDK rebuilds the exact class.
+
+An exception that is no ModelworksError is a fault of the server: `unexpected` logs it with
+its traceback and answers a generic 500 quoting the request id. The outermost middleware
+(`modelworks.api.middleware.RequestContext`) calls it, so that answer gets the request id
+and security headers like any other."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from starlette.responses import Response
 
 from modelworks.api.metrics import note
 from modelworks.errors import (
+    CODE_HEADER,
     ERRORS_BY_STATUS,
     InternalError,
     ModelworksError,
@@ -97,7 +105,7 @@ def missing_route(request: Request) -> tuple[str, str]:
 
 
 def error_response(request: Request, exc: ModelworksError, style: str | None = None) -> Response:
-    headers = {}
+    headers = {CODE_HEADER: exc.code}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     retry = exc.details.get("retry_after") if exc.details else None
@@ -105,12 +113,16 @@ def error_response(request: Request, exc: ModelworksError, style: str | None = N
         headers["Retry-After"] = str(min(MAX_RETRY_AFTER_S, max(0, int(retry))))
     note(error=exc.code)
     style = style or error_style(request.url.path)
+    rid = getattr(request.state, "request_id", None)
+    message = exc.message
+    if exc.status == 500 and rid and style != "envelope" and rid not in message:
+        message = f"{message} (request id {rid})"  # the envelope has a field for it
     if style == "string":
-        body: dict[str, Any] = {"error": exc.message}
+        body: dict[str, Any] = {"error": message}
     elif style == "openai":
         body = {
             "error": {
-                "message": exc.message,
+                "message": message,
                 "type": OPENAI_TYPES.get(exc.status, "invalid_request_error"),
                 "param": None,
                 "code": exc.code,
@@ -120,13 +132,22 @@ def error_response(request: Request, exc: ModelworksError, style: str | None = N
             headers["x-should-retry"] = "false"
     else:
         body = exc.envelope()
-        rid = getattr(request.state, "request_id", None)
         if rid:
             body["error"]["request_id"] = rid
     # exact `application/json` (no charset): the kserve client compares the header verbatim.
     # ASCII escapes: a message that echoes a lone surrogate still encodes (UTF-8 would raise)
     content = json.dumps(body, separators=(",", ":")).encode()
     return Response(content, status_code=exc.status, headers=headers, media_type="application/json")
+
+
+def unexpected(request: Request, exc: BaseException) -> Response:
+    """Log a fault of the server with its traceback; answer a generic 500 that reveals nothing
+    of it but the request id to quote."""
+    rid = getattr(request.state, "request_id", "")
+    log.error("unhandled error (request %s)", rid, exc_info=exc)
+    return error_response(
+        request, InternalError(f"internal error; quote request id {rid} when reporting it")
+    )
 
 
 def _describe(errors: list[Any]) -> str:
@@ -166,6 +187,8 @@ def install(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         resp = error_response(request, cls(message), style)
+        if cls.status != exc.status_code:  # a status no class has: its code is not this one's
+            del resp.headers[CODE_HEADER]
         resp.status_code = exc.status_code
         resp.headers.update(headers)
         return resp
@@ -181,10 +204,5 @@ def install(app: FastAPI) -> None:
             request, ServiceUnavailable(memory.refusal_message(), details={"retry_after": 1})
         )
 
-    @app.exception_handler(Exception)
-    async def _unknown(request: Request, exc: Exception) -> Response:
-        rid = getattr(request.state, "request_id", "")
-        log.exception("unhandled error (request %s)", rid)
-        return error_response(
-            request, InternalError(f"internal error; quote request id {rid} when reporting it")
-        )
+    # no handler for Exception: Starlette would answer it from its ServerErrorMiddleware,
+    # outside every middleware of ours; RequestContext, the outermost, calls `unexpected`

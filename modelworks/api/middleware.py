@@ -1,7 +1,13 @@
-"""Request ids and security headers, as plain ASGI middleware (cheap on the hot path)."""
+"""Request ids, security headers and the last word on unexpected errors, as plain ASGI
+middleware (cheap on the hot path).
+
+`RequestContext` is the outermost middleware of the app: whatever an inner layer raises that
+no handler turned into a response is logged and answered here (a generic 500), so that
+answer carries the request id and the security headers like every other."""
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from urllib.parse import unquote_to_bytes
@@ -9,8 +15,10 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelworks.api.errors import error_response, unexpected
 from modelworks.errors import BadRequest
 
+log = logging.getLogger("modelworks.api")
 _RID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -37,8 +45,12 @@ class RequestContext:
             rid = uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
+        started = False
+
         async def send_with_rid(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid))
                 headers.extend(SECURITY_HEADERS)
@@ -47,13 +59,17 @@ class RequestContext:
 
         problem = _not_utf8(scope)
         if problem is not None:
-            from modelworks.api.errors import error_response
-
             response = error_response(Request(scope), BadRequest(problem))
             await response(scope, receive, send_with_rid)
             return
 
-        await self.app(scope, receive, send_with_rid)
+        try:
+            await self.app(scope, receive, send_with_rid)
+        except Exception as exc:
+            if started:  # too late for an answer: the server logs it and drops the connection
+                log.error("request %s failed after its response started", rid.decode())
+                raise
+            await unexpected(Request(scope), exc)(scope, receive, send_with_rid)
 
 
 def _not_utf8(scope: Scope) -> str | None:

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from modelworks.api.limits import TERMINAL_CONTROL
 from modelworks.errors import (
     BadRequest,
+    ClientGone,
     ModelworksError,
     PayloadTooLarge,
     UnsupportedFormat,
@@ -41,10 +42,6 @@ EXTENDED_FILENAME = re.compile(rb"(?i)\bfilename\*\s*=\s*([^;]*)")
 
 def malformed(problem: str) -> BadRequest:
     return BadRequest(f"malformed multipart body: {problem}; {HOW}")
-
-
-class ClientGone(BadRequest):
-    code = "client_disconnected"
 
 
 @dataclass

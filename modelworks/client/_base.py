@@ -19,22 +19,19 @@ from urllib.parse import quote
 import httpx
 
 from modelworks.errors import (
+    CODE_HEADER,
     Conflict,
     InvalidInput,
     ModelworksError,
     ValidationFailed,
     error_from_envelope,
 )
+from modelworks.errors import ServerUnreachable as ServerUnreachable  # the package exports it
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 Progress = Callable[[int, int], None]
-
-
-class ServerUnreachable(ModelworksError):
-    status = 503
-    code = "server_unreachable"
 
 
 @dataclass
@@ -486,13 +483,15 @@ def resolve_config(url: str | None, api_key: str | None) -> tuple[str, str | Non
 
 
 def raise_for(response: httpx.Response) -> Any:
-    """The parsed JSON body, or the server's error rebuilt as its exception class."""
+    """The parsed JSON body, or the server's error rebuilt as its exception class: by the
+    code in the body or in the `x-error-code` header (the protocol routes' `{"error": "..."}`
+    has none), else by the HTTP status (see `modelworks.errors.error_from_envelope`)."""
     try:
         body = response.json() if response.content else None
     except ValueError:
         body = None
     if response.status_code >= 400:
-        raise error_from_envelope(response.status_code, body)
+        raise error_from_envelope(response.status_code, body, response.headers.get(CODE_HEADER))
     return body
 
 

@@ -17,6 +17,7 @@ other request needs (database lookups, synchronous routes).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 from anyio import CapacityLimiter, to_thread
 
+from modelworks import memory
 from modelworks.auth.keys import Principal
 from modelworks.cache import RefreshingCache
 from modelworks.context import note, reserve
@@ -33,6 +35,19 @@ from modelworks.serving.batcher import ModelStats, too_large
 from modelworks.serving.pool import ModelPool
 from modelworks.serving.target import Target, output_bytes
 
+# ONNX Runtime's exception classes (onnxruntime.capi.onnxruntime_pybind11_state), by name
+ORT_ERRORS = "onnxruntime.capi.onnxruntime_pybind11_state"
+_NODE_FAILED = re.compile(
+    r"Non-zero status code returned while running (?P<op>\w+) node\. Name:'(?P<node>[^']*)' "
+    r"Status Message: (?P<why>.*)",
+    re.S,
+)
+# a node failing because of the device or its provider, not the values it was given
+_DEVICE_FAULTS = ("CUDA", "CUBLAS", "CUDNN", "cuBLAS", "cuDNN", "TensorRT", "MIGraphX", "ROCm")
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE_AT = re.compile(r"^\S+\.(?:h|hpp|cc|cpp|cu|cuh):\d+ \w+ ")  # "file.h:59 Function "
+_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")  # no server path reaches a client
+RUNTIME_TEXT_LIMIT = 300
 RESOLVE_TTL_S = 2.0
 REFRESH_S = 1.0  # how long others keep an expired entry while one caller refreshes it
 LOADS_PER_PROJECT = 2
@@ -156,11 +171,15 @@ class Engine:
             outputs = await batcher.submit(feeds, timeout_s, wanted)
         except ModelworksError:
             raise
-        except Exception:
-            raise InvalidInput(
-                "the model could not run on this input; "
-                "check shapes and value ranges against the model's signature"
-            ) from None
+        except MemoryError:  # the process's data limit refused an allocation (as the app's)
+            memory.trim()
+            raise ServiceUnavailable(memory.refusal_message(), details={"retry_after": 1}) from None
+        except Exception as exc:
+            refusal = input_fault(exc)
+            if refusal is None:  # ours or the runtime's: logged where 500s are answered
+                _name_model(exc, target)
+                raise
+            raise refusal from None
         tokens_arr = outputs.pop("_tokens", None)
         tokens = int(tokens_arr.sum()) if tokens_arr is not None else 0
         compute = outputs.pop("_compute_ms", None)
@@ -177,3 +196,72 @@ class Engine:
             signature = {"outputs": [s for s in signature.get("outputs", []) if s["name"] in names]}
         if limit > 0 and (size := output_bytes(signature, rows)) > limit:
             raise too_large(size, limit)
+
+
+def input_fault(exc: BaseException) -> InvalidInput | None:
+    """The 400 for a model run that failed because of its input; None when the fault is the
+    server's or its runtime's (then the caller lets it become a logged 500).
+
+    The rule (ONNX Runtime raises one class per status code):
+
+    - `InvalidArgument`: the input is refused, by ONNX Runtime's own checks (datatype, rank,
+      dimensions) or by a kernel reading its values (`Gather` of an index out of range,
+      `Expand` to an impossible shape): 400.
+    - `Fail` or `RuntimeException` raised while a node ran ("Non-zero status code returned
+      while running Reshape node"): the graph was loaded and checked when its session was
+      made, and the feeds passed the signature, so a kernel failing now fails on the shapes
+      or values it was given (`Reshape` of a wrong element count, operands that do not
+      broadcast, `Concat` of mismatched dimensions): 400, with the kernel's own words. Unless
+      the message names the device (CUDA, cuDNN, TensorRT...): a device fault is ours.
+    - Everything else is ours or the runtime's, 500: ONNX Runtime's `EPFail`, `EngineError`,
+      `NotImplemented`, `DeviceReset`, `NoSuchFile`, `InvalidGraph`, ..., a `Fail` outside a
+      node (the terminate flag, session state), and every other Python exception
+      (`TypeError`, `KeyError`, `AttributeError`, `ValueError` from our code, numpy, a
+      tokenizer or ONNX Runtime's Python layer: the input reached them only after passing
+      the signature check, the text checks and the protocol's own).
+
+    Text models refuse text their tokenizer cannot take before it runs (`as_text`: bytes that
+    are not UTF-8, lone surrogates), as InvalidInput; the ONNX run after it follows the rule
+    above. Memory refusals are 413 (the runtime's) or 503 (the engine's, for a MemoryError),
+    never the input's fault either.
+    """
+    cls = type(exc)
+    if cls.__module__ != ORT_ERRORS:
+        return None
+    text = str(exc)
+    if cls.__name__ == "InvalidArgument":
+        node = _NODE_FAILED.search(text)
+        why = _runtime_words(node["why"] if node else text)
+        where = f"; its {node['op']} node refused it" if node else ""
+        return InvalidInput(
+            f"the model cannot take this input{where}: {why}; "
+            "check names, datatypes, shapes and value ranges against the model's signature"
+        )
+    node = _NODE_FAILED.search(text)
+    if cls.__name__ not in ("Fail", "RuntimeException") or node is None:
+        return None
+    if any(device in text for device in _DEVICE_FAULTS):
+        return None
+    return InvalidInput(
+        f"the model's {node['op']} node failed on this input: {_runtime_words(node['why'])}; "
+        "check shapes and value ranges against the model's signature"
+    )
+
+
+def _runtime_words(text: str) -> str:
+    """ONNX Runtime's message without its source locations and function signatures."""
+    text = _ORT_PREFIX.split(text)[-1].strip()
+    if " was false. " in text:  # ORT_ENFORCE: "file:line signature condition was false. why"
+        text = text.rsplit(" was false. ", 1)[1]
+    text = _PATH.sub("<path>", _SOURCE_AT.sub("", text)).strip()
+    text = " ".join(text.split()).rstrip(". ")
+    if len(text) > RUNTIME_TEXT_LIMIT:
+        text = text[: RUNTIME_TEXT_LIMIT - 3] + "..."
+    return text or "no reason given"
+
+
+def _name_model(exc: BaseException, target: Target) -> None:
+    """Name the model in the traceback the server logs (once: a batch's requests share it)."""
+    line = f"while model {target.model}:{target.version} ran a batch"
+    if line not in getattr(exc, "__notes__", ()):
+        exc.add_note(line)
