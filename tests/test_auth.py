@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from modelworks.api.services import Services
 from modelworks.client import Client
@@ -140,3 +142,72 @@ def test_auth_off_lets_anyone_in(tmp_path: Path) -> None:
             assert c.get("/api/v1/models").status_code == 200
     finally:
         t.close()
+
+
+# last use of a key ------------------------------------------------------------------------------
+def _last_used(services: Services, key_id: int) -> datetime | None:
+    with services.sessions() as s:
+        used = s.scalar(select(ApiKey.last_used_at).where(ApiKey.id == key_id))
+    return used.replace(tzinfo=used.tzinfo or UTC) if used is not None else None
+
+
+def test_a_key_use_is_recorded_at_the_next_flush(
+    database_url: str, client: Client, transport: SyncASGITransport, services: Services
+) -> None:
+    services.keys.flush_s = 3600.0  # only the flushes this test makes
+    created = client.create_key(role="viewer", name="dashboard")
+    assert created["last_used_at"] is None
+    before = datetime.now(UTC)
+    _as(transport, created["key"]).list_models()
+    assert _last_used(services, created["id"]) is None, "nothing is written on the request path"
+
+    services.keys.flush_uses()
+
+    used = _last_used(services, created["id"])
+    assert used is not None and before <= used <= datetime.now(UTC)
+    listed = {k["id"]: k for k in client.list_keys()}
+    assert datetime.fromisoformat(listed[created["id"]]["last_used_at"]) == used
+
+
+def test_many_requests_write_the_last_uses_once(
+    database_url: str, client: Client, transport: SyncASGITransport, services: Services
+) -> None:
+    services.keys.flush_s = 3600.0
+    keys = [client.create_key(role="viewer", name=f"k{i}") for i in range(2)]
+    services.keys.flush_uses()  # the admin key's own use, so far
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(services.engine, "before_cursor_execute", seen)
+    try:
+        for k in keys:
+            caller = _as(transport, k["key"])
+            for _ in range(20):
+                caller.list_models()
+        services.keys.flush_uses()
+    finally:
+        event.remove(services.engine, "before_cursor_execute", seen)
+
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE API_KEYS")]
+    assert len(updates) == 1, updates
+    assert all(_last_used(services, k["id"]) is not None for k in keys)
+
+
+def test_key_uses_are_written_by_themselves_and_at_shutdown(
+    client: Client, transport: SyncASGITransport, services: Services
+) -> None:
+    services.keys.flush_s = 0.05
+    created = client.create_key(role="viewer")
+    _as(transport, created["key"]).list_models()
+    deadline = time.monotonic() + 10
+    while _last_used(services, created["id"]) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _last_used(services, created["id"]) is not None, "no flush came within 10 s"
+
+    services.keys.flush_s = 3600.0
+    later = client.create_key(role="viewer")
+    _as(transport, later["key"]).list_models()
+    services.close()  # as the server's shutdown does
+    assert _last_used(services, later["id"]) is not None

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
@@ -215,9 +216,16 @@ def test_keys_create_list_revoke(cli: Cli, tmp_path: Path) -> None:
     assert mine[0]["revoked_at"] is None
     assert secret not in json.dumps(listed)  # the secret is shown once, never listed
 
+    assert mine[0]["last_used_at"] is None
+    assert "never" in _row_of(cli, key_id)
+
     # the invoker key may infer, and may not manage models
     cli.ok("infer", "press-line", "-i", "x=[[1,2,3,4]]", key=secret)
     assert_one_line_error(cli("models", "create", "not-allowed", key=secret))
+    used = next(k for k in cli.json("keys", "list") if k["id"] == key_id)["last_used_at"]
+    assert used is not None, "the key's use shows at once, before it is written"
+    assert used[:19] in _row_of(cli, key_id)
+    assert f"last used {used[:19]}" in plain(cli.ok("keys", "show", str(key_id)).stdout)
 
     result = cli.ok("keys", "revoke", str(key_id))
     assert str(key_id) in plain(result.stdout)
@@ -229,6 +237,15 @@ def test_keys_create_list_revoke(cli: Cli, tmp_path: Path) -> None:
 
     # revoking a key that does not exist
     assert "999999" in assert_one_line_error(cli("keys", "revoke", "999999"))
+
+
+def _row_of(cli: Cli, key_id: int) -> str:
+    """The line of `keys list`'s table (in a terminal wide enough for it) that shows a key."""
+    args = ("keys", "list", "--url", cli.url, "--api-key", cli.key)
+    result = cli.raw(*args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│") for line in plain(result.stdout).splitlines()]
+    return next("│".join(row) for row in rows if row[1:2] and row[1].strip() == str(key_id))
 
 
 def test_unknown_model_is_one_line_exit_1(cli: Cli) -> None:
@@ -379,3 +396,10 @@ def test_cli_closes_its_connections(cli: Cli, tmp_path: Path) -> None:
     assert result.exit_code == 0 and result2.exit_code == 0
     leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert leaks == []
+    # a client kept alive unclosed warns of nothing: it holds its connection to the server
+    still_open = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, httpx.Client) and not o.is_closed and str(o.base_url).startswith(cli.url)
+    ]
+    assert still_open == [], "a command left its client open"

@@ -93,12 +93,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             with pack_folder(folder, base / f"{CLASSIFIER}.zip").open("rb") as fh:
                 r = http.post(f"/api/v1/models/{CLASSIFIER}/versions", files={"file": fh})
             assert r.status_code == 201, r.text
-            services.exporter.wait(240)
+            services.run_jobs(240)  # the export job
             assert http.get(f"/api/v1/models/{CLASSIFIER}/versions/1").json()["status"] == "ready"
             offline(mp, False)  # huggingface_hub refuses every request (ours too) offline
             yield Deployment(live.url, key, logits)
     finally:
-        services.exporter.wait(240)
         services.close()
 
 

@@ -3,7 +3,6 @@ request while an alias moves under load."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +14,8 @@ import pytest
 from modelworks.api.services import Services
 from modelworks.client import Client
 from modelworks.errors import Conflict
-from modelworks.jobs.onnx_export import Exporter
+from modelworks.jobs.export import ExportKind
+from modelworks.jobs.kinds import Plan
 from modelworks.serving.pool import runtime_message
 from tests.conftest import LiveServer
 from tests.models import linear_onnx, linear_reference
@@ -203,17 +203,19 @@ def test_runtime_messages_lose_cpp_signatures_and_module_paths(case: str) -> Non
 
 
 def test_an_export_failure_reason_names_no_library_module() -> None:
-    stderr = (
-        'Traceback (most recent call last):\n  File "/srv/lib/site-packages/safetensors/torch.py'
-        '", line 3, in load\nsafetensors._safetensors_rust.SafetensorError: Error while '
-        "deserializing header: invalid JSON in header\n"
-    )
-    proc = subprocess.CompletedProcess(["python"], 1, "", stderr)
-    exporter = SimpleNamespace(memory_mb=0)
+    tail = [
+        "Traceback (most recent call last):",
+        '  File "/srv/lib/site-packages/safetensors/torch.py", line 3, in load',
+        "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: "
+        "invalid JSON in header",
+    ]
+    ctx = SimpleNamespace(settings=SimpleNamespace(export_memory_mb=0))
+    plan = Plan(argv=[], env={}, timeout_s=1.0)
 
-    reason = Exporter._failure(exporter, proc, [])  # type: ignore[arg-type]
+    reason, retry = ExportKind().failure(None, ctx, plan, 1, tail)  # type: ignore[arg-type]
 
     assert reason == (
         "ONNX export failed: SafetensorError: Error while deserializing header: invalid JSON in "
-        "header; served with PyTorch when installed"
+        "header"
     )
+    assert not retry, "an export that ran and failed fails the same way again"

@@ -100,6 +100,7 @@ class Services:
         return Worker(self.worker_context(), poll_s=0.1).drain(timeout_s)
 
     def close(self) -> None:
+        self.keys.close()  # the keys' last uses not written yet
         self.engine.dispose()
 
 

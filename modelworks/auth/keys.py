@@ -3,20 +3,26 @@
 Keys carry 256 bits of randomness, so a fast hash is enough (no password stretching needed);
 the hash is compared in constant time, and an unknown prefix costs the same work as a known
 one. A key sees and acts only on keys no wider than itself (`within`).
+
+A key's last use is noted in memory on each request and written within LAST_USED_FLUSH_S,
+one UPDATE for every key used meanwhile (and at shutdown): no write on the request path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, literal, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelworks.auth.limits import MAX_RATE, MIN_RATE, QUOTA_KINDS, Limits, default_burst
@@ -24,6 +30,7 @@ from modelworks.cache import RefreshingCache
 from modelworks.db.tables import ApiKey, Project
 from modelworks.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 
+log = logging.getLogger("modelworks.auth")
 KEY_PREFIX = "mw_"
 PREFIX_LEN = 12  # "mw_" + 9 characters: enough to tell keys apart, useless to an attacker
 Role = Literal["admin", "owner", "developer", "viewer", "invoker"]
@@ -90,14 +97,22 @@ def looks_like_key(secret: str) -> bool:
 _DUMMY_HASH = hash_secret(KEY_PREFIX + "0" * 43)  # compared against when no prefix matches
 CACHE_TTL_S = 5.0  # another replica's revocation reaches this one within this time
 REFRESH_S = 1.0  # how long others keep an expired entry while one caller re-checks it
+LAST_USED_FLUSH_S = 10.0  # a key's last use reaches the database within this time
 
 
 class KeyService:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, flush_s: float = LAST_USED_FLUSH_S
+    ) -> None:
         self.sessions = sessions
         # sha256(secret) -> principal: keeps the database off the hot path; revocations
         # made through this process drop their entry at once
         self._cache: RefreshingCache[str, Principal] = RefreshingCache(REFRESH_S)
+        self.flush_s = flush_s
+        self._uses: dict[int, float] = {}  # key id -> its last use (time.time()), unwritten
+        self._uses_lock = threading.Lock()
+        self._flusher: threading.Timer | None = None
+        self._closed = False
 
     def forget_cached(self) -> None:
         """Drop every cached key (after a change to projects or limits)."""
@@ -109,6 +124,7 @@ class KeyService:
         p = self._cache.get(hash_secret(secret))
         if p is None or (p.expires_at is not None and p.expires_at <= datetime.now(UTC)):
             return None
+        self.note_use(p)
         return p
 
     def create(
@@ -166,7 +182,7 @@ class KeyService:
             if project_id is not None:
                 q = q.where(ApiKey.project_id == project_id)
             rows = s.execute(q.order_by(ApiKey.id)).all()
-        return [k for k, p in rows if caller is None or within(k, p, caller)]
+        return [self._used(k) for k, p in rows if caller is None or within(k, p, caller)]
 
     def get(
         self, key_id: int, project_id: int | None = None, caller: Principal | None = None
@@ -183,7 +199,7 @@ class KeyService:
             or (caller is not None and not within(key, project, caller))
         ):
             raise _no_such_key(key_id)
-        return key, project
+        return self._used(key), project
 
     def revoke(
         self, key_id: int, project_id: int | None = None, caller: Principal | None = None
@@ -243,13 +259,68 @@ class KeyService:
             expires_at=_aware(key.expires_at) if key.expires_at is not None else None,
         )
         self._cache.put(key.secret_hash, principal, CACHE_TTL_S)
+        self.note_use(principal)
         return principal
 
-    def touch(self, key_id: int) -> None:
-        with self.sessions.begin() as s:
-            s.execute(
-                update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=datetime.now(UTC))
-            )
+    def note_use(self, p: Principal) -> None:
+        """Remember that `p`'s key was used now; it is written within `flush_s`."""
+        if p.key_id is None:
+            return
+        now = time.time()
+        with self._uses_lock:
+            self._uses[p.key_id] = now
+            if self._flusher is None and not self._closed:
+                self._flusher = threading.Timer(self.flush_s, self._flush_due)
+                self._flusher.daemon = True
+                self._flusher.start()
+
+    def _flush_due(self) -> None:
+        with self._uses_lock:
+            self._flusher = None
+        self.flush_uses()
+
+    def flush_uses(self) -> int:
+        """Write the last use of every key used since the previous flush, in one UPDATE;
+        returns how many keys it covered. A failed write is kept for the next flush."""
+        with self._uses_lock:
+            uses, self._uses = self._uses, {}
+        if not uses:
+            return 0
+        column = ApiKey.__table__.c.last_used_at
+        when = {key_id: literal(_from_epoch(t), column.type) for key_id, t in uses.items()}
+        try:
+            with self.sessions.begin() as s:
+                s.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id.in_(list(when)))
+                    .values(last_used_at=case(when, value=ApiKey.id))
+                    .execution_options(synchronize_session=False)
+                )
+        except SQLAlchemyError:
+            log.exception("could not record when API keys were last used; retrying later")
+            with self._uses_lock:
+                for key_id, t in uses.items():
+                    self._uses[key_id] = max(t, self._uses.get(key_id, t))
+            return 0
+        return len(uses)
+
+    def close(self) -> None:
+        """Write the uses not written yet (at shutdown); later ones are not scheduled."""
+        with self._uses_lock:
+            self._closed = True
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+        self.flush_uses()
+
+    def _used(self, key: ApiKey) -> ApiKey:
+        """`key` with its last use in this process, when that is not written yet."""
+        t = self._uses.get(key.id)
+        if t is not None:
+            used = _from_epoch(t)
+            if key.last_used_at is None or _aware(key.last_used_at) < used:
+                key.last_used_at = used
+        return key
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin key when there is no usable admin key; return its secret."""
@@ -420,6 +491,10 @@ def _burst_of(origin: str, rate: float | None, burst: int | None) -> tuple[int |
     if rate is not None:
         return default_burst(rate), f"{origin} rate"
     return None, ""
+
+
+def _from_epoch(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
 
 
 def _aware(dt: datetime) -> datetime:

@@ -153,11 +153,13 @@ def keys_show(
             state = f"revoked {k['revoked_at']}"
         else:
             state = f"expires {k['expires_at']}" if k["expires_at"] else "never expires"
+        used = str(k["last_used_at"])[:19] if k.get("last_used_at") else "never"
         out.print(
             Text.assemble(
                 (f"key {k['id']}", "bold"),
                 f" ({k['prefix']}…) {k['name']!r}\n" if k["name"] else f" ({k['prefix']}…)\n",
-                f"{k['role']} in project {k['project']}; models: {models}; {state}",
+                f"{k['role']} in project {k['project']}; models: {models}; {state}\n",
+                f"last used {used}",
             )
         )
         out.print(_limits_table(k["limits"]))
@@ -196,13 +198,16 @@ def _from(sources: dict[str, str], name: str) -> str:
 
 @keys_app.command("list")
 def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = False) -> None:
-    """List API keys (prefixes only; secrets are never shown again)."""
+    """List API keys (prefixes only; secrets are never shown again) and when each was last
+    used (recorded within seconds)."""
     with handled():
         rows = client(url, api_key).list_keys()
         if as_json:
             emit_json(rows)
             return
-        t = Table("id", "prefix", "name", "role", "project", "created", "expires", "revoked")
+        t = Table(
+            "id", "prefix", "name", "role", "project", "created", "last used", "expires", "revoked"
+        )
         for k in rows:
             t.add_row(
                 str(k["id"]),
@@ -211,6 +216,7 @@ def keys_list(url: UrlOpt = None, api_key: KeyOpt = None, as_json: JsonOpt = Fal
                 k["role"],
                 k["project"],
                 str(k["created_at"])[:19],
+                str(k.get("last_used_at") or "never")[:19],
                 str(k["expires_at"] or "")[:19],
                 str(k["revoked_at"] or "")[:19],
             )

@@ -157,6 +157,15 @@ class Worker:
         self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.idle_s = WORKER_IDLE_S  # 0 once retired
+
+    def retire(self) -> None:
+        """End the thread as soon as it has no batch left, instead of idling (callable from
+        any thread); a later batch still runs, in a thread that ends with it."""
+        with self._lock:
+            self.idle_s = 0.0
+            if self._thread is not None:
+                self._jobs.put(())  # a thread waiting for work looks again at once
 
     def start(
         self,
@@ -176,12 +185,14 @@ class Worker:
     def _serve(self) -> None:
         while True:
             try:
-                job = self._jobs.get(timeout=WORKER_IDLE_S)
+                job = self._jobs.get(block=self.idle_s > 0, timeout=self.idle_s or None)
             except queue.Empty:
                 with self._lock:  # a job put before this check is still taken
                     if self._jobs.empty():
                         self._thread = None
                         return
+                continue
+            if not job:  # retire()'s wake-up
                 continue
             _do(*job)
             del job  # an idle thread keeps no batch (inputs, model) alive
@@ -482,6 +493,13 @@ class Batcher:
             per_request.ns += span * n
             per_batch.add(span)
 
+    def retire(self) -> None:
+        """Its version was unloaded (callable from any thread): the worker thread ends once
+        the batches already queued have run, rather than idle WORKER_IDLE_S. Requests that
+        hold this batcher still run on its model; the pool hands out no new one, so the
+        model goes with the last of them."""
+        self.worker.retire()
+
     async def close(self) -> None:
-        """Nothing to release: a batcher has no task of its own, and its thread ends by itself
-        after WORKER_IDLE_S without work."""
+        """Retire the batcher; it has no task of its own to cancel."""
+        self.retire()

@@ -14,7 +14,13 @@ to each. A project within its fair share (budget / projects with loaded models) 
 models while another is over, so one tenant touching many models evicts its own. Entries with
 queued requests and the one just loaded are never unloaded. An unloaded runtime stays alive
 until its in-flight requests finish (they hold a reference), which is how a promotion drains
-the old version.
+the old version; then it is garbage: its entry lets go of its batcher, and a request that
+reaches the pool after the unload gets a batcher of its own, which goes with it.
+
+The server freezes the heap after each load (`settle_heap`). A frozen object is never
+collected, so a cycle through a request in flight on a model being unloaded (a failed
+request's traceback holds its frames, and they the model) would keep the model for good: an
+unload unfreezes the heap, and it is frozen again only once every unloaded model is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,6 +101,13 @@ class Entry:
 
 def runtime_key(target: Target) -> RuntimeKey:
     return (target.format, target.digest, target.source_digest)
+
+
+def _watch(model: LoadedModel) -> weakref.ref[Any] | None:
+    try:
+        return weakref.ref(model)
+    except TypeError:  # a model without weak references cannot be watched
+        return None
 
 
 def settle_heap() -> None:
@@ -210,6 +224,7 @@ class ModelPool:
         self.on_load: Callable[[Target, float], None] | None = None
         self.on_batch: Callable[[str, int, float], None] | None = None
         self.settle_heap = False  # the server sets it: freeze the heap after each load
+        self._unloaded: list[weakref.ref[Any]] = []  # models let go, while settle_heap is on
         self._roots = [
             getattr(store, name)
             for name in ("root", "scratch", "cache", "plain")
@@ -264,9 +279,8 @@ class ModelPool:
             if self.on_load is not None:
                 self.on_load(target, entry.load_seconds)
             loaded = entry.model
-        if self.settle_heap:
-            settle_heap()
         self._enforce_budget(keep=target.version_id)
+        self._settle()
         return loaded
 
     def _attach(self, entry: Entry) -> Runtime:
@@ -303,15 +317,47 @@ class ModelPool:
         return runtime
 
     def _detach(self, entry: Entry) -> None:
-        """Forget an entry (under the guard); its runtime goes with its last user."""
+        """Forget an entry (under the guard) and let go of its batcher and model; its runtime
+        goes with its last user."""
         if self._entries.get(entry.target.version_id) is entry:
             del self._entries[entry.target.version_id]
+        if entry.batcher is not None:
+            entry.batcher.retire()
+        entry.batcher = entry.model = None
         runtime, entry.runtime = entry.runtime, None
         if runtime is None:
             return
         runtime.users.discard(entry.target.version_id)
-        if not runtime.users and self._runtimes.get(runtime.key) is runtime:
-            del self._runtimes[runtime.key]
+        if runtime.users or self._runtimes.get(runtime.key) is not runtime:
+            return
+        del self._runtimes[runtime.key]
+        if self.settle_heap:
+            model = _watch(runtime.model)
+            del runtime  # most often the model's last reference: it goes now
+            self._let_go(model)
+
+    def _let_go(self, model: weakref.ref[Any] | None) -> None:
+        """An unloaded model (under the guard) that is still alive is held by requests in
+        flight, or by a cycle frozen with one: hand the frozen heap back to the collector
+        until the model is gone (`_settle`)."""
+        if model is not None:
+            if model() is None:
+                return
+            self._unloaded.append(model)
+        gc.unfreeze()
+
+    def _settle(self) -> None:
+        """After a load or an unload (settle_heap on): collect, then freeze the heap unless an
+        unloaded model is still alive, held by requests in flight; the next load or unload
+        looks again."""
+        if not self.settle_heap:
+            return
+        gc.collect()
+        with self._guard:
+            self._unloaded = [ref for ref in self._unloaded if ref() is not None]
+            if self._unloaded:
+                return
+        gc.freeze()
 
     def _warm_up(self, target: Target, model: LoadedModel) -> str | None:
         """Run one generated input so the first request does not pay for lazy setup. Only
@@ -345,15 +391,25 @@ class ModelPool:
     ) -> Batcher:
         """The version's batcher (created on first use, on the event loop); a change of the
         model's serving options applies to its next batch. `stats` are the version's counts,
-        kept by the caller across reloads."""
-        entry = self._entry(target)
+        kept by the caller across reloads. A `model` the version no longer serves (unloaded
+        since the caller got it) runs on a batcher of its own, which the pool does not keep."""
+        entry = self._entries.get(target.version_id)
+        if entry is None or entry.model is not model:
+            own = self._new_batcher(target, model, stats)
+            own.retire()
+            return own
         opts = target.batching
         if entry.batcher is not None and entry.batcher.model is model:
             settings = entry.batcher.settings
             settings.max_batch_size = int(opts["max_batch_size"])
             settings.max_delay_ms = float(opts["max_delay_ms"])
             return entry.batcher
-        entry.batcher = Batcher(
+        entry.batcher = self._new_batcher(target, model, stats)
+        return entry.batcher
+
+    def _new_batcher(self, target: Target, model: LoadedModel, stats: ModelStats | None) -> Batcher:
+        opts = target.batching
+        batcher = Batcher(
             model,
             BatchSettings(
                 max_batch_size=int(opts["max_batch_size"]),
@@ -367,9 +423,9 @@ class ModelPool:
         )
         if self.on_batch is not None:
             hook = self.on_batch
-            name = entry.batcher.name
-            entry.batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
-        return entry.batcher
+            name = batcher.name
+            batcher.on_batch = lambda rows, seconds: hook(name, rows, seconds)
+        return batcher
 
     def status(self, version: Target | int) -> tuple[str, str]:
         """('ready'|'loading'|'failed'|'unloaded', reason) of a served version (a Target or
@@ -437,3 +493,4 @@ class ModelPool:
         with self._guard:
             for entry in [e for e in self._entries.values() if e.target.digest == digest]:
                 self._detach(entry)
+        self._settle()
