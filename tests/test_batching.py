@@ -62,7 +62,7 @@ def test_concurrent_requests_are_batched_and_fanned_out(model: OnnxModel) -> Non
 
     results = asyncio.run(main())
     for x, r in zip(xs, results, strict=True):
-        np.testing.assert_allclose(r["y"], linear_reference(x), rtol=1e-5)
+        np.testing.assert_allclose(r.outputs["y"], linear_reference(x), rtol=1e-5)
     assert len(gated.calls) < len(xs), "requests should share runs"
     assert max(gated.calls) > 3
     assert sum(gated.calls) == sum(x.shape[0] for x in xs)
@@ -191,7 +191,7 @@ def test_a_run_every_client_left_is_stopped_at_once(model: OnnxModel) -> None:
         held.gate.set()
         after = await batcher.submit(x)  # the next run gets a switch of its own
         await batcher.close()
-        assert after["y"].shape == (1, 2)
+        assert after.outputs["y"].shape == (1, 2)
         return not alone and stopped
 
     assert asyncio.run(main()), "stopped only once both clients left, long before the deadline"
@@ -218,7 +218,7 @@ def test_no_thread_for_a_run_is_503_and_the_batcher_goes_on(
 
     result = asyncio.run(main())
     expected = linear_reference(np.ones((1, 4), np.float32))
-    np.testing.assert_allclose(result["y"], expected, rtol=1e-5)
+    np.testing.assert_allclose(result.outputs["y"], expected, rtol=1e-5)
 
 
 class TwoOutputs:
@@ -242,7 +242,7 @@ def test_the_answer_budget_counts_only_the_outputs_asked_for() -> None:
     x = {"x": np.ones((2, 4), np.float32)}
 
     async def main() -> tuple[dict[str, np.ndarray], BaseException | None]:
-        narrow = await batcher.submit(x, wanted=["narrow"])
+        narrow = (await batcher.submit(x, wanted=["narrow"])).outputs
         try:
             await batcher.submit(x)
         except ModelworksError as exc:

@@ -144,7 +144,7 @@ def test_a_request_that_reaches_the_pool_after_the_unload_keeps_nothing(
     pool.get(b)  # unloads `a`
     batcher = pool.batcher(a, model)
     answer = asyncio.run(batcher.submit(index(2)))
-    assert answer["y"].tolist() == [2.0], "the request is still served"
+    assert answer.outputs["y"].tolist() == [2.0], "the request is still served"
     session = weakref.ref(model.session)  # type: ignore[attr-defined]
     kept = weakref.ref(batcher)
     del model, batcher, answer

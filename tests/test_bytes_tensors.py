@@ -121,7 +121,7 @@ def test_non_utf8_bytes_are_refused_before_batching() -> None:
 def test_runtimes_refuse_non_utf8_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     onnx_model = OnnxModel(echo_strings(tmp_path / "e.onnx"), SIGNATURE)
     out = onnx_model.predict({"s": np.array(TEXT, dtype=np.object_)})
-    assert [x.encode() for x in out["s_out"].tolist()] == TEXT
+    assert [x.encode() for x in out.outputs["s_out"].tolist()] == TEXT
     with pytest.raises(InvalidInput, match="not UTF-8"):
         onnx_model.predict({"s": np.array([RAW], dtype=np.object_)})
     text_model = TextModel.__new__(TextModel)  # the bytes -> text step comes before tokenizing

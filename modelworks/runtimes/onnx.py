@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from modelworks import memory
-from modelworks.errors import PayloadTooLarge
+from modelworks.errors import PayloadTooLarge, ServiceUnavailable
+from modelworks.runtimes import Result
 from modelworks.tensors import as_text
 
 MEMORY_SETTING = "MODELWORKS_INFERENCE_MEMORY_MB"
@@ -132,12 +133,23 @@ def run(session: Any, names: list[str] | None, feeds: dict[str, Any], options: A
         raise
 
 
-def providers() -> list[str]:
+def providers(device: str = "auto") -> list[Any]:
+    """ONNX Runtime's providers for `device`: `auto` takes CUDA when this build has it."""
     import onnxruntime as ort
 
+    from modelworks.runtimes import parse_device
+
+    kind, index = parse_device(device)
     available = ort.get_available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
-    return [*chosen, "CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" in available
+    if kind == "cuda" and not cuda:
+        raise ServiceUnavailable(
+            f"device {device!r} asked, but this ONNX Runtime build has no CUDA provider; "
+            "install onnxruntime-gpu or use the cpu device"
+        )
+    if kind == "cuda" or (kind == "auto" and cuda):
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 SMALL_MODEL_BYTES = 4 * 1024 * 1024
@@ -165,13 +177,15 @@ def session_options(path: Path, threads: int = 0) -> Any:
 
 
 class OnnxModel:
-    def __init__(self, path: Path, signature: dict[str, Any], threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, signature: dict[str, Any], threads: int = 0, device: str = "auto"
+    ) -> None:
         import onnxruntime as ort
 
         opts = session_options(path, threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), opts, providers=providers())
+        self.session = ort.InferenceSession(str(path), opts, providers=providers(device))
         self.signature = signature
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -180,13 +194,13 @@ class OnnxModel:
         feeds: dict[str, np.ndarray],
         outputs: list[str] | None = None,
         run_options: Any | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> Result:
         names = outputs or self.output_names
         # ONNX Runtime wants str elements in string tensors: it str()s bytes elements and
         # cuts `S` elements at a NUL; UTF-8 text (NULs included) goes through exactly
         feeds = {k: _as_text(k, v) if v.dtype.kind in "OS" else v for k, v in feeds.items()}
         results = run(self.session, names, feeds, run_options)
-        return {n: np.asarray(r) for n, r in zip(names, results, strict=True)}
+        return Result({n: np.asarray(r) for n, r in zip(names, results, strict=True)})
 
 
 def _as_text(name: str, arr: np.ndarray) -> np.ndarray:

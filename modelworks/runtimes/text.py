@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from modelworks.errors import ServiceUnavailable
+from modelworks.runtimes import Result
 from modelworks.runtimes.onnx import providers, run, session_options
 from modelworks.tensors import as_text
-
-if TYPE_CHECKING:
-    from modelworks.serving.target import Target
-    from modelworks.store import ArtifactStore
 
 MAX_SEQ_CAP = 512
 
@@ -91,6 +87,7 @@ class TextModel:
         task: str,
         signature: dict[str, Any],
         threads: int = 0,
+        device: str = "auto",
     ) -> None:
         self.task = task
         self.signature = signature
@@ -100,7 +97,7 @@ class TextModel:
 
         opts = session_options(onnx_path, threads)
         opts.log_severity_level = 3
-        self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers())
+        self.session: Any = ort.InferenceSession(str(onnx_path), opts, providers=providers(device))
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -120,7 +117,7 @@ class TextModel:
         feeds: dict[str, np.ndarray],
         outputs: list[str] | None = None,
         run_options: Any | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> Result:
         texts = as_text("text", feeds["text"])  # tokenizers take text: not UTF-8 is a 400
         enc = self.tokenize(texts)
         mask = enc["attention_mask"]
@@ -133,16 +130,14 @@ class TextModel:
             labels = self.cfg.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
             best = np.array([labels[i].encode() for i in probs.argmax(axis=1)], dtype=np.object_)
             # the logits too: a caller may ask for a sigmoid or the raw scores instead
-            return {
-                "probabilities": probs.astype(np.float32),
-                "label": best,
-                "_logits": logits,
-                "_tokens": tokens,
-            }
+            return Result(
+                {"probabilities": probs.astype(np.float32), "label": best, "_logits": logits},
+                {"tokens": tokens},
+            )
         emb = pool(hidden, mask, self.cfg.pooling)
         if self.cfg.normalize:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return {"embedding": emb.astype(np.float32), "_tokens": tokens}
+        return Result({"embedding": emb.astype(np.float32)}, {"tokens": tokens})
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -152,21 +147,3 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "max":
         return np.asarray(np.where(m > 0, hidden, -1e9).max(axis=1))
     return np.asarray((hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9))
-
-
-def load_text_model(target: Target, store: ArtifactStore, threads: int = 0) -> TextModel:
-    folder = store.unpacked(target.source_digest)
-    root = str(target.signature.get("root") or "")
-    if root:
-        from modelworks.archives import SafeRelPath
-
-        folder = folder / SafeRelPath(root)
-    if target.digest == target.source_digest:
-        # no ONNX export: this server runs ONNX Runtime only (torch stays in job processes)
-        reason = target.status_reason or "it has no ONNX export"
-        raise ServiceUnavailable(
-            f"version {target.version} of {target.model!r} cannot be served: {reason}; "
-            "fix the model and upload it again, or upload an ONNX file"
-        )
-    onnx_path = store.local_path(target.digest)
-    return TextModel(folder, onnx_path, target.task, target.signature, threads=threads)

@@ -41,7 +41,7 @@ from modelworks.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
-from modelworks.runtimes import LoadedModel, run_options, terminate
+from modelworks.runtimes import LoadedModel, as_result, run_options, terminate
 
 log = logging.getLogger("modelworks.serving")
 MAX_RESPONSE_SETTING = "MODELWORKS_MAX_RESPONSE_BYTES"
@@ -97,7 +97,7 @@ class _Item:
     rows: int
     deadline: float
     timeout_s: float
-    future: asyncio.Future[dict[str, np.ndarray]]
+    future: asyncio.Future[Answer]
     key: tuple[Any, ...]
     queued_ns: int
     wanted: frozenset[str] | None = None  # outputs the answer holds (None: every one)
@@ -105,10 +105,20 @@ class _Item:
 
 
 @dataclass(slots=True)
+class Answer:
+    """One request's share of a run: its outputs, its per-row statistics (`counts`, e.g.
+    tokens) and the compute time it is billed (its rows' share of the run)."""
+
+    outputs: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+    compute_ms: float = 0.0
+
+
+@dataclass
 class _Run:
     """What a batch's worker thread hands back: per request its answer or its refusal."""
 
-    results: list[dict[str, np.ndarray] | ModelworksError]
+    results: list[Answer | ModelworksError]
     executions: int
     marks: tuple[int, int, int, int]  # started, stacked, inferred, ended (perf_counter_ns)
 
@@ -250,7 +260,7 @@ class Batcher:
         feeds: dict[str, np.ndarray],
         timeout_s: float | None = None,
         wanted: list[str] | None = None,
-    ) -> dict[str, np.ndarray]:
+    ) -> Answer:
         """Run `feeds` in the next batch; 504 at the deadline whatever the batch is doing.
         `wanted` names the outputs the answer holds: only they count against its budget."""
         first = next(iter(feeds.values()))
@@ -427,7 +437,7 @@ class Batcher:
                 it.future.set_exception(res)
                 continue
             # each request is billed its share of the run, by rows
-            res["_compute_ms"] = np.asarray(seconds * 1000 * it.rows / total)
+            res.compute_ms = seconds * 1000 * it.rows / total
             it.future.set_result(res)
 
     def _work(
@@ -445,31 +455,38 @@ class Batcher:
         else:
             stacked = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
         stacked_at = time.perf_counter_ns()
-        out = self.model.predict(stacked, run_options=options)
+        out = as_result(self.model.predict(stacked, run_options=options))
         executions = 1
-        alone = len(feeds) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in out.values())
+        arrays = [*out.outputs.values(), *out.counts.values()]
+        alone = len(feeds) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in arrays)
         if alone:  # the outputs do not follow the batch axis: run the requests one by one
-            results = [self.model.predict(f, run_options=options) for f in feeds]
+            each = [as_result(self.model.predict(f, run_options=options)) for f in feeds]
+            results = [Answer(r.outputs, r.counts) for r in each]
             executions += len(feeds)
         inferred_at = time.perf_counter_ns()
         if len(feeds) == 1:
-            results = [out]
+            results = [Answer(out.outputs, out.counts)]
         elif not alone:
             bounds = np.cumsum(rows)[:-1]
-            parts = {n: np.split(a, bounds) for n, a in out.items()}
-            results = [{n: parts[n][i] for n in out} for i in range(len(feeds))]
+            outs = {n: np.split(a, bounds) for n, a in out.outputs.items()}
+            counts = {n: np.split(a, bounds) for n, a in out.counts.items()}
+            results = [
+                Answer({n: outs[n][i] for n in outs}, {n: counts[n][i] for n in counts})
+                for i in range(len(feeds))
+            ]
         checked = [self._within_budget(r, w) for r, w in zip(results, wanted, strict=True)]
         return _Run(checked, executions, (started, stacked_at, inferred_at, time.perf_counter_ns()))
 
     def _within_budget(
-        self, result: dict[str, np.ndarray], wanted: frozenset[str] | None
-    ) -> dict[str, np.ndarray] | ModelworksError:
+        self, answer: Answer, wanted: frozenset[str] | None
+    ) -> Answer | ModelworksError:
         limit = self.settings.max_result_bytes
         if limit <= 0:
-            return result
+            return answer
+        result = answer.outputs
         answered = result if wanted is None else {n: a for n, a in result.items() if n in wanted}
         size = answer_bytes(answered, limit)
-        return too_large(size, limit) if size > limit else result
+        return too_large(size, limit) if size > limit else answer
 
     def _count(
         self, group: list[_Item], rows: int, executions: int, marks: tuple[int, int, int, int]

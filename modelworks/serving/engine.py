@@ -168,7 +168,7 @@ class Engine:
             stats = self.stats.setdefault(target.version_id, ModelStats())
         batcher = self.pool.batcher(target, runtime, stats)
         try:
-            outputs = await batcher.submit(feeds, timeout_s, wanted)
+            answer = await batcher.submit(feeds, timeout_s, wanted)
         except ModelworksError:
             raise
         except MemoryError:  # the process's data limit refused an allocation (as the app's)
@@ -180,11 +180,10 @@ class Engine:
                 _name_model(exc, target)
                 raise
             raise refusal from None
-        tokens_arr = outputs.pop("_tokens", None)
-        tokens = int(tokens_arr.sum()) if tokens_arr is not None else 0
-        compute = outputs.pop("_compute_ms", None)
-        note(items=items, tokens=tokens, compute_ms=float(compute) if compute is not None else 0.0)
-        return Prediction(target, outputs, items, tokens)
+        counted = answer.counts.get("tokens")
+        tokens = int(counted.sum()) if counted is not None else 0
+        note(items=items, tokens=tokens, compute_ms=answer.compute_ms)
+        return Prediction(target, answer.outputs, items, tokens)
 
     def _check_answer_size(self, target: Target, rows: int, wanted: list[str] | None) -> None:
         """413 before anything runs when the outputs the signature fixes already exceed the

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from modelworks.archives import SafeRelPath
 from modelworks.errors import ModelworksError, ServiceUnavailable
-from modelworks.runtimes import LoadedModel, load
+from modelworks.runtimes import Artifact, LoadedModel, load
 from modelworks.serving.batcher import Batcher, BatchSettings, ModelStats
 from modelworks.serving.target import Target, output_bytes
 from modelworks.store import ArtifactStore
@@ -97,6 +98,32 @@ class Entry:
     last_used: float = 0.0
     failed_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def artifact_for(target: Target, store: ArtifactStore) -> Artifact:
+    """The local files a version's runtime loads: its ONNX file (the upload, or the export of
+    a Hugging Face folder) and, for text models, the unpacked folder beside it."""
+    if target.format != "transformers":
+        path = store.local_path(target.digest)
+        return Artifact(target.format, path, target.task, target.signature)
+    if target.digest == target.source_digest:
+        # no ONNX export: this server runs ONNX Runtime only (torch stays in job processes)
+        reason = target.status_reason or "it has no ONNX export"
+        raise ServiceUnavailable(
+            f"version {target.version} of {target.model!r} cannot be served: {reason}; "
+            "fix the model and upload it again, or upload an ONNX file"
+        )
+    folder = store.unpacked(target.source_digest)
+    root = str(target.signature.get("root") or "")
+    if root:
+        folder = folder / SafeRelPath(root)
+    return Artifact(
+        "transformers",
+        store.local_path(target.digest),
+        target.task,
+        target.signature,
+        folder=folder,
+    )
 
 
 def runtime_key(target: Target) -> RuntimeKey:
@@ -296,7 +323,7 @@ class ModelPool:
                     return self._use(runtime, entry)
             target = entry.target
             try:
-                model = load(target, self.store, threads=self.threads)
+                model = load(artifact_for(target, self.store), threads=self.threads)
                 warmup_error = self._warm_up(target, model)
                 with self._guard:
                     return self._use(

@@ -26,7 +26,7 @@ from modelworks.client import Client
 from modelworks.db import upgrade
 from modelworks.errors import DeadlineExceeded
 from modelworks.serving import pool as pool_module
-from modelworks.serving.batcher import Batcher, BatchSettings
+from modelworks.serving.batcher import Answer, Batcher, BatchSettings
 from modelworks.serving.pool import Entry
 from modelworks.settings import Settings
 from tests.conftest import LiveServer
@@ -257,15 +257,15 @@ def test_one_tenant_loading_cold_models_takes_no_thread_another_needs(
     a_key = project_with_model(http, ALPHA, A_MODEL, linear_onnx(tmp_path / "m.onnx"))
     b_key = project_with_model(http, BRAVO, B_MODEL, linear_onnx(tmp_path / "m.onnx", seed=1))
     release, loading = threading.Event(), threading.Event()
-    load = pool_module.load
+    artifact_for = pool_module.artifact_for
 
     def held(target: Any, *args: Any, **kwargs: Any) -> Any:
         if target.model == B_MODEL:  # B's model takes long to load
             loading.set()
             release.wait(60)
-        return load(target, *args, **kwargs)
+        return artifact_for(target, *args, **kwargs)
 
-    monkeypatch.setattr(pool_module, "load", held)
+    monkeypatch.setattr(pool_module, "artifact_for", held)
     entered: list[str] = []
     engine_load = services.serving.load
 
@@ -379,5 +379,5 @@ def test_requests_behind_a_stuck_run_answer_504_at_their_own_deadlines() -> None
     first, second, after = asyncio.run(main())
     assert isinstance(first, DeadlineExceeded) and "still running" in first.message
     assert isinstance(second, DeadlineExceeded) and "did not start" in second.message
-    assert isinstance(after, dict) and after["y"].tolist() == [[3.0]]
+    assert isinstance(after, Answer) and after.outputs["y"].tolist() == [[3.0]]
     assert model.calls == [1.0, 3.0], "the expired request never ran; the next one waited"

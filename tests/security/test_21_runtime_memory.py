@@ -170,7 +170,7 @@ def test_sessions_share_the_cap_and_answers_held_count(tmp_path: Path, capped: N
 
     assert_memory_refusal(refused.value.message)
     del held
-    assert second.predict(expand_feeds(half, 1024))["y"].shape == (half, 1024)
+    assert second.predict(expand_feeds(half, 1024)).outputs["y"].shape == (half, 1024)
 
 
 @pytest.mark.parametrize(
