@@ -262,7 +262,9 @@ def test_worker_runs_a_child_and_records_its_events_logs_and_result(
     assert (done.status, done.result, done.progress) == ("succeeded", {"steps": 3}, 1.0)
     events = services.jobs.events(job.id)
     progress = [e.data for e in events if e.type == "progress"]
-    assert [p["phase"] for p in progress] == ["start", "work", "work", "work"]
+    # the worker's own "started" (with the child's pid), then the child's
+    assert [p["phase"] for p in progress] == ["started", "start", "work", "work", "work"]
+    assert progress[0]["pid"] > 0
     assert progress[-1]["metrics"] == {"loss": pytest.approx(1 / 3)}
     logs = [e.data["line"] for e in events if e.type == "log"]
     assert sorted(logs) == ["a warning", "hello from the child"]
