@@ -25,6 +25,7 @@ from modelworks.commands.common import (
     handled,
     out,
 )
+from modelworks.commands.jobs import jobs_app
 from modelworks.commands.keys import keys_app
 from modelworks.commands.models import models_app
 from modelworks.commands.projects import audit, csv_cell, projects_app, usage
@@ -45,6 +46,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
+app.add_typer(jobs_app, name="jobs")
 app.command()(usage)
 app.command()(audit)
 app.command()(worker)

@@ -31,7 +31,7 @@ from modelworks.api.auth import audit_action, require
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import NotFound, ValidationFailed
-from modelworks.jobs.queue import STATUSES, TERMINAL, EventView, JobView
+from modelworks.jobs.queue import EVENT_PAGE, STATUSES, TERMINAL, EventView, JobQueue, JobView
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 POLL_S = 0.5
@@ -94,9 +94,14 @@ class Logs(BaseModel):
     next: int
 
 
-def _visible(job: JobView, p: Principal) -> JobView:
+def _sees(p: Principal, job: JobView) -> bool:
+    """A model-limited key sees only the jobs of its models (a job of no model: none)."""
     model = job.params.get("model")
-    if p.models is not None and not (isinstance(model, str) and p.allows_model(model)):
+    return p.models is None or (isinstance(model, str) and p.allows_model(model))
+
+
+def _visible(job: JobView, p: Principal) -> JobView:
+    if not _sees(p, job):
         raise NotFound(
             f"job {job.id} not found; list jobs with `modelworks jobs list`",
             details={"job": job.id},
@@ -123,17 +128,24 @@ async def list_jobs(
     if status is not None and status not in STATUSES:
         raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
     svc = services(request)
-    jobs = await to_thread.run_sync(
-        lambda: svc.jobs.list_jobs(
-            p.project_id, status=status, kind=kind, limit=limit, before=before
-        )
-    )
-    shown = []
-    for job in jobs:
-        model = job.params.get("model")
-        if p.models is None or (isinstance(model, str) and p.allows_model(model)):
-            shown.append(JobOut.of(job))
-    return shown
+
+    def page() -> list[JobView]:
+        """`limit` jobs the key may see: a model-limited key's page is filled from further
+        pages, so hidden jobs never end its listing early."""
+        shown: list[JobView] = []
+        below = before
+        size = limit if p.models is None else 500  # few queries however many are hidden
+        while len(shown) < limit:
+            jobs = svc.jobs.list_jobs(
+                p.project_id, status=status, kind=kind, limit=size, before=below
+            )
+            shown += [j for j in jobs if _sees(p, j)][: limit - len(shown)]
+            if len(jobs) < size:
+                break
+            below = jobs[-1].id
+        return shown
+
+    return [JobOut.of(j) for j in await to_thread.run_sync(page)]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
@@ -150,7 +162,9 @@ async def cancel_job(
     await _job(request, p, _id(job_id))
     svc = services(request)
     job = await to_thread.run_sync(svc.jobs.cancel, job_id, p.project_id)
-    audit_action(request, p, "job.cancel", f"job:{job_id}")
+    await to_thread.run_sync(
+        partial(audit_action, request, p, "job.cancel", f"job:{job_id}", status=job.status)
+    )
     return JobOut.of(job)
 
 
@@ -181,7 +195,9 @@ async def job_events(
 ) -> StreamingResponse:
     """The job's events as Server-Sent Events, until it has finished."""
     await _job(request, p, _id(job_id))
-    start = after if after is not None else _last_id(last_event_id)
+    # a reconnecting EventSource sends its original URL (maybe with ?after=) and the id it
+    # saw last: ids only grow, so the larger of the two is where it stands
+    start = max(after or 0, _last_id(last_event_id))
     svc = services(request)
 
     async def stream() -> AsyncIterator[bytes]:
@@ -196,12 +212,10 @@ async def job_events(
                 quiet_since = time.monotonic()
             if any(e.type == "status" and e.data.get("status") in TERMINAL for e in events):
                 return
-            if not events:
-                job = await to_thread.run_sync(svc.jobs.get, job_id)
-                if job.done and not await to_thread.run_sync(
-                    partial(svc.jobs.events, job_id, after=seen, limit=1)
-                ):
-                    return  # finished, and its final status was sent before `start`
+            if len(events) == EVENT_PAGE:
+                continue  # catching up on a long history: no pause between pages
+            if not events and await to_thread.run_sync(_ended, svc.jobs, job_id, seen):
+                return
             if await request.is_disconnected():
                 return
             if time.monotonic() - quiet_since > KEEPALIVE_S:
@@ -214,6 +228,17 @@ async def job_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _ended(queue: JobQueue, job_id: int, seen: int) -> bool:
+    """Whether a follower that saw up to `seen` has nothing more coming: the job finished
+    and its final status was sent (or came before where the follower started), or the job
+    is gone (its project was deleted)."""
+    try:
+        job = queue.get(job_id)
+    except NotFound:
+        return True
+    return job.done and not queue.events(job_id, after=seen, limit=1)
 
 
 def _message(e: EventView) -> bytes:

@@ -17,6 +17,7 @@ from modelworks.client._base import (
     resolve_config,
     unreachable,
 )
+from modelworks.client._jobs import AsyncJobs, Jobs
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -53,6 +54,8 @@ class Client(Endpoints):
         self._http = httpx.Client(
             base_url=self.url, headers=_headers(self.api_key), timeout=timeout, transport=transport
         )
+        self.jobs = Jobs(self._http, self.url, self._execute)
+        """Background jobs: `list`, `get`, `cancel`, `logs`, `follow` (yields events)."""
 
     def _execute(self, call: Call) -> Any:
         try:
@@ -94,6 +97,8 @@ class AsyncClient(Endpoints):
         self._http = httpx.AsyncClient(
             base_url=self.url, headers=_headers(self.api_key), timeout=timeout, transport=transport
         )
+        self.jobs = AsyncJobs(self._http, self.url, self._execute)
+        """Background jobs, awaited; `follow` is an async iterator of events."""
 
     def _execute(self, call: Call) -> Any:
         return self._run(call)
