@@ -1,6 +1,25 @@
-"""Tensors as the Open Inference Protocol names them: datatypes, JSON decoding, validation.
+"""Tensors as the Open Inference Protocol names them: datatypes, JSON and binary decoding,
+validation.
 
 Element counts are computed with Python integers and capped before anything is allocated.
+
+JSON tensors. One decoder (`json_array`) turns the JSON of both the OIP (`from_json`: a
+declared shape) and TF-Serving (`from_nested_json`: the shape is how the data nests) into
+arrays, with one set of rules; where the two protocols used to differ, the stricter rule won:
+
+- nesting: flat row-major (OIP only, exactly as many values as the shape holds) or nested
+  exactly as the shape, every list at one depth the same length; nothing nested deeper.
+  (OIP used to accept any nesting with the right count, `[[1, 2, 3], [4]]` for `[2, 2]`.)
+- BOOL: `true`/`false` only. Integer datatypes: JSON integers only, inside the datatype's range
+  (OIP used to truncate `1.5` to 1). Float datatypes: JSON numbers, not booleans; a finite
+  number the datatype cannot hold (`1e39` for FP32) is refused, never read as infinity.
+- BYTES: strings, as their UTF-8 bytes; a lone surrogate (no UTF-8 form) is refused.
+- at most `max_elements` elements, counted from the shape before anything is built; a
+  tensor without elements is refused.
+
+What the wire formats allow is a protocol's `JsonRules`, as PROTOCOLS.md specifies them:
+TF-Serving's JSON takes `{"b64": "..."}` objects as BYTES elements and `NaN`/`Infinity`
+tokens as float elements; the OIP's takes neither (its parser refuses the tokens too).
 
 BYTES elements are carried as the exact bytes received, but every runtime here takes them as
 text: ONNX Runtime's Python binding holds string tensors as UTF-8 `str` (it `str()`s a `bytes`
@@ -11,6 +30,11 @@ text models tokenize. So BYTES inputs must be UTF-8, and anything else is refuse
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,48 +99,245 @@ def element_count(name: str, shape: Any, max_elements: int) -> int:
     return count
 
 
-def from_json(name: str, datatype: Any, shape: Any, data: Any, max_elements: int) -> np.ndarray:
-    """Decode one OIP JSON tensor (nested or flat row-major data) into a numpy array."""
-    if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
-        raise InvalidInput(
-            f"input {name!r}: unsupported datatype {datatype!r}; "
-            f"use one of {', '.join(NUMPY_TYPES)} "
-            "(FP16/BF16 need the binary tensor extension)"
-        )
+@dataclass(frozen=True)
+class JsonRules:
+    """What one protocol's JSON tensors may hold beyond the rules every protocol shares (see
+    "JSON tensors" in the module docstring): the wire formats differ, the checks do not."""
+
+    b64_strings: bool = False  # BYTES elements may be {"b64": "<base64>"} (TF-Serving)
+    non_finite: bool = False  # float elements may be NaN / ±Infinity (TF-Serving's tokens)
+    type_names: Mapping[str, str] = field(default_factory=dict)  # FP32 -> DT_FLOAT in messages
+
+
+OIP_JSON = JsonRules()
+
+
+def from_json(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    data: Any,
+    max_elements: int,
+    rules: JsonRules = OIP_JSON,
+) -> np.ndarray:
+    """One tensor with a declared shape (Open Inference Protocol): `data` flat row-major, or
+    nested exactly as `shape`."""
+    json_type(name, datatype, rules)
     count = element_count(name, shape, max_elements)
     if data is None:
         raise InvalidInput(f"input {name!r}: 'data' is missing")
-    flat = _flatten(data)
-    if len(flat) != count:
+    if not isinstance(data, list):
+        if shape:
+            raise InvalidInput(
+                f"input {name!r}: 'data' must be a list of {count} values (row-major)"
+            )
+        flat = [data]
+    elif not data or not isinstance(data[0], list):  # the flat form
+        if len(data) != count:
+            raise InvalidInput(
+                f"input {name!r}: shape {shape} needs {count} elements but 'data' holds {len(data)}"
+            )
+        flat = data
+    else:
+        flat = flatten_as(data, shape, lambda: _nesting(name, data, shape))
+    return json_array(name, datatype, flat, shape, rules)
+
+
+def from_nested_json(
+    name: str, datatype: Any, data: Any, max_elements: int, rules: JsonRules
+) -> np.ndarray:
+    """One tensor whose shape is how `data` nests (TF-Serving): every list at one depth must
+    have the same length."""
+    json_type(name, datatype, rules)
+    shape = json_shape(data)
+    element_count(name, shape, max_elements)  # before anything is built
+    return json_array(name, datatype, flatten_as(data, shape, lambda: ragged(name)), shape, rules)
+
+
+def json_shape(data: Any) -> list[int]:
+    """The shape `data` claims by its first element at each depth (checked by `flatten_as`)."""
+    shape: list[int] = []
+    while isinstance(data, list):
+        shape.append(len(data))
+        if not data:
+            break
+        data = data[0]
+    return shape
+
+
+def flatten_as(data: Any, shape: list[int], mismatch: Callable[[], Exception]) -> list[Any]:
+    """Row-major elements of `data`, which must nest exactly as `shape` (deeper nesting is
+    found by `json_array`); anything else raises `mismatch()`. One level at a time, no
+    recursion."""
+    if not shape:
+        if isinstance(data, list):
+            raise mismatch()
+        return [data]
+    level: list[Any] = [data]
+    for size in shape:
+        below: list[Any] = []
+        for node in level:
+            if not isinstance(node, list) or len(node) != size:
+                raise mismatch()
+            below.extend(node)
+        level = below
+    return level
+
+
+def ragged(name: str) -> InvalidInput:
+    return InvalidInput(
+        f"input {name!r} is ragged: every row (and every nested list) must have the same length"
+    )
+
+
+def _nesting(name: str, data: Any, shape: list[int]) -> InvalidInput:
+    return InvalidInput(
+        f"input {name!r}: 'data' nests as {json_shape(data)}, not as its shape {shape}; send "
+        "it flat (row-major) or nested exactly as the shape, every row the same length"
+    )
+
+
+def json_type(name: str, datatype: Any, rules: JsonRules = OIP_JSON) -> Any:
+    """The numpy type of a datatype that has a JSON form, or a 400 naming those that do."""
+    if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
+        shown = rules.type_names.get(datatype, datatype) if isinstance(datatype, str) else None
         raise InvalidInput(
-            f"input {name!r}: shape {shape} needs {count} elements but 'data' holds {len(flat)}"
+            f"input {name!r}: datatype {shown or datatype!r} has no JSON form here; JSON "
+            f"tensors are {', '.join(rules.type_names.get(t, t) for t in NUMPY_TYPES)} "
+            "(send BF16 with the /v2 binary tensor extension)"
         )
-    try:
-        if datatype == "BYTES":
-            arr = np.empty(count, dtype=np.object_)
-            for i, item in enumerate(flat):
-                if not isinstance(item, str):
-                    raise InvalidInput(f"input {name!r}: BYTES elements must be strings")
-                arr[i] = encode_text(name, i, item)
-        elif datatype == "BOOL":
-            if not all(isinstance(x, bool) for x in flat):
-                raise InvalidInput(f"input {name!r}: BOOL elements must be true or false")
-            arr = np.asarray(flat, dtype=np.bool_)
-        else:
-            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
-                raise InvalidInput(f"input {name!r}: {datatype} elements must be numbers")
-            with np.errstate(over="ignore"):
-                arr = np.asarray(flat, dtype=NUMPY_TYPES[datatype])
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise InvalidInput(
-                    f"input {name!r}: values must be finite numbers that fit {datatype}"
-                    + (" (at most ±3.4e38)" if datatype == "FP32" else "")
-                )
-    except (ValueError, OverflowError, TypeError) as exc:
+    return NUMPY_TYPES[datatype]
+
+
+def json_array(
+    name: str, datatype: Any, flat: list[Any], shape: list[int], rules: JsonRules = OIP_JSON
+) -> np.ndarray:
+    """The typed array of row-major JSON elements; the one place their types are checked."""
+    dtype = np.dtype(json_type(name, datatype, rules))
+    shown = rules.type_names.get(datatype, datatype)
+    types = set(map(type, flat))  # one pass in C; JSON parsers build exact types
+    if list in types:
         raise InvalidInput(
-            f"input {name!r}: data does not fit datatype {datatype} ({exc})"
-        ) from None
+            f"input {name!r}: 'data' nests deeper than its shape {shape}; send one value "
+            "per element"
+        )
+    if datatype == "BYTES":
+        arr = _json_strings(name, flat, types == {str}, shown, rules)
+    elif datatype == "BOOL":
+        if types - {bool}:
+            raise _wrong_type(name, flat, (bool,), f"{shown} values must be true or false")
+        arr = np.array(flat, dtype=np.bool_)
+    elif dtype.kind in "iu":
+        if types - {int}:
+            raise _wrong_type(
+                name, flat, (int,), f"{shown} values must be integers (no fraction or exponent)"
+            )
+        info = np.iinfo(dtype)
+        for value in (min(flat), max(flat)):
+            if not info.min <= value <= info.max:
+                raise InvalidInput(
+                    f"input {name!r}: {value} does not fit {shown}; values must lie in "
+                    f"[{info.min}, {info.max}]"
+                )
+        arr = np.array(flat, dtype=dtype)
+    else:
+        if types - {int, float}:
+            raise _wrong_type(name, flat, (int, float), f"{shown} values must be numbers")
+        arr = _json_floats(name, flat, dtype, shown, rules)
     return arr.reshape(shape)
+
+
+def _json_floats(
+    name: str, flat: list[Any], dtype: np.dtype[Any], shown: str, rules: JsonRules
+) -> np.ndarray:
+    try:
+        sent = np.array(flat, dtype=np.float64)
+    except OverflowError:  # an integer literal past float64's range
+        i = next(i for i, x in enumerate(flat) if isinstance(x, int) and not _fits_float(x))
+        raise InvalidInput(
+            f"input {name!r}: element {i} ({_json_kind(flat[i])}) does not fit {shown}; "
+            "send a smaller number"
+        ) from None
+    if dtype == sent.dtype:
+        arr = sent
+    else:
+        with np.errstate(over="ignore"):
+            arr = sent.astype(dtype)
+    finite = np.isfinite(arr)
+    if finite.all():
+        return arr
+    sent_finite = np.isfinite(sent)
+    lost = np.flatnonzero(sent_finite & ~finite)  # a finite value the dtype cannot hold
+    if lost.size:
+        raise InvalidInput(
+            f"input {name!r}: {flat[lost[0]]} does not fit {shown} (at most "
+            f"±{float(np.finfo(dtype).max):.4g}); send a smaller number"
+            + (", or the token Infinity for an infinite value" if rules.non_finite else "")
+        )
+    if not rules.non_finite:
+        i = int(np.flatnonzero(~sent_finite)[0])
+        raise InvalidInput(
+            f"input {name!r}: element {i} is {_json_kind(flat[i])}; {shown} values must be "
+            "finite numbers"
+        )
+    return arr
+
+
+def _json_strings(
+    name: str, flat: list[Any], all_str: bool, shown: str, rules: JsonRules
+) -> np.ndarray:
+    arr = np.empty(len(flat), dtype=np.object_)
+    if all_str:  # the common case, in one pass
+        try:
+            arr[:] = [x.encode() for x in flat]
+            return arr
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: the loop names it
+    for i, item in enumerate(flat):
+        arr[i] = _json_bytes(name, i, item, shown, rules)
+    return arr
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
+def _json_bytes(name: str, i: int, item: Any, shown: str, rules: JsonRules) -> bytes:
+    if isinstance(item, str):
+        return encode_text(name, i, item)
+    if rules.b64_strings and is_b64(item) and isinstance(item["b64"], str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(
+                f"input {name!r}: the 'b64' value of element {i} is not valid base64"
+            ) from None
+    allowed = 'strings or {"b64": "<base64>"} objects' if rules.b64_strings else "strings"
+    raise InvalidInput(
+        f"input {name!r}: element {i} is {_json_kind(item)}; {shown} values must be {allowed}"
+    )
+
+
+def _wrong_type(name: str, flat: list[Any], allowed: tuple[type, ...], rule: str) -> InvalidInput:
+    i, item = next((i, x) for i, x in enumerate(flat) if type(x) not in allowed)
+    return InvalidInput(f"input {name!r}: element {i} is {_json_kind(item)}; {rule}")
+
+
+def _json_kind(item: Any) -> str:
+    if isinstance(item, bool | int | float):
+        text = json.dumps(item)
+        return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    if isinstance(item, str):
+        return f"the string {json.dumps(item[:40])}"
+    return {dict: "an object", type(None): "null"}.get(type(item), type(item).__name__)
 
 
 def encode_text(name: str, i: int, text: str) -> bytes:
@@ -147,21 +368,6 @@ def as_text(name: str, arr: np.ndarray) -> list[str]:
             text = str(x)
             encode_text(name, i, text)
             out.append(text)
-    return out
-
-
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    if not data or not isinstance(data[0], list):
-        if any(isinstance(x, list) for x in data):
-            raise InvalidInput("tensor data is ragged: nest every row to the same depth")
-        return data
-    out: list[Any] = []
-    for row in data:
-        if not isinstance(row, list):
-            raise InvalidInput("tensor data is ragged: nest every row to the same depth")
-        out.extend(_flatten(row))
     return out
 
 

@@ -2,12 +2,14 @@
 
 The `openai` client with its defaults works: it asks for base64 embeddings unless told
 otherwise, and reads errors as `{"error": {"message", "type", "code"}}`. `GET /v1/models/{id}`
-is shared with TF-Serving's status route, so its body carries both key sets.
+is shared with TF-Serving's status route, so its body carries both key sets, and says whether
+the model serves (see `retrieve_model`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import numpy as np
@@ -18,11 +20,18 @@ from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.limits import loads
-from modelworks.api.protocols.v2 import read_body
+from modelworks.api.protocols.tfserving import status_entry
+from modelworks.api.protocols.v2 import read_body, readiness
 from modelworks.api.responses import AnswerBudget, numpy_json
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
-from modelworks.errors import BadRequest, InvalidInput, PayloadTooLarge
+from modelworks.errors import (
+    CODE_HEADER,
+    BadRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 
 router = APIRouter(tags=["openai"])
 MAX_INPUTS = 2048
@@ -39,6 +48,9 @@ def _created(m: Any) -> int:
 
 @router.get("/v1/models")
 def list_models(request: Request, p: Principal = Depends(require("infer"))) -> dict[str, Any]:
+    """Every model the key can see that has a version, ready or not: a listing says what
+    exists (a model missing from it would look deleted, not broken), and finding out whether
+    each serves would load every one of them. `GET /v1/models/{id}` tells readiness."""
     svc = services(request)
     models = svc.registry.list_models(p.project_id)
     return {
@@ -58,28 +70,51 @@ def list_models(request: Request, p: Principal = Depends(require("infer"))) -> d
 
 
 @router.get("/v1/models/{model}")
-def retrieve_model(
+async def retrieve_model(
     model: str, request: Request, p: Principal = Depends(require("infer"))
-) -> dict[str, Any]:
+) -> Response:
+    """The model object, with TF-Serving's `model_version_status` and KServe V1's `name` and
+    `ready` beside OpenAI's keys (this path is all three protocols' status route), from the
+    pool's real state (`v2.readiness`, which loads the serving version if needed).
+
+    OpenAI's model object has no readiness field, so a serving version whose runtime cannot
+    load it (a damaged artifact, a failed export) is a 503 naming the reason: the `openai`
+    client raises it (with `x-should-retry: false`: retrying does not mend an artifact), KServe
+    V1 callers read 503 as not ready, and TF-Serving callers still find `END` and the reason in
+    `model_version_status`. A version still being converted answers 200 with `ready: false`
+    and `LOADING`: it will serve by itself, and the model object is right as it is."""
     svc = services(request)
-    t = svc.serving.resolve(p, model)
-    m = svc.registry.get_model(p.project_id, t.model)
-    return {
+    t = await svc.serving.resolve_async(p, model)
+    m = await to_thread.run_sync(svc.registry.get_model, p.project_id, t.model)
+    state, reason = await readiness(svc, t)
+    body: dict[str, Any] = {
         "id": t.model,
         "object": "model",
         "created": _created(m),
         "owned_by": "modelworks",
         "task": t.task,
         "name": t.model,
-        "ready": t.status != "converting",
-        "model_version_status": [
-            {
-                "version": str(t.version),
-                "state": "AVAILABLE" if t.status != "converting" else "LOADING",
-                "status": {"error_code": "OK", "error_message": ""},
-            }
-        ],
+        "ready": state == "ready",
+        "model_version_status": [status_entry(t, state, reason)],
     }
+    if state != "failed":
+        return _json(body)
+    body["error"] = {
+        "message": f"model {t.model}:{t.version} is not ready: {reason}",
+        "type": "server_error",
+        "param": None,
+        "code": ServiceUnavailable.code,
+    }
+    headers = {"x-should-retry": "false", CODE_HEADER: ServiceUnavailable.code}
+    return _json(body, status=503, headers=headers)
+
+
+def _json(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    # ASCII escapes: a reason that echoes a lone surrogate still encodes
+    content = json.dumps(body, separators=(",", ":"))
+    return Response(content, status, headers, media_type="application/json")
 
 
 def holds_token_ids(value: Any) -> bool:

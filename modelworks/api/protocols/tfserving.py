@@ -5,10 +5,13 @@
     POST /v1/models/{m}[/versions/{n}|/labels/{l}]:predict|:classify|:regress
 
 `GET /v1/models/{m}` (status of the serving version) is the OpenAI retrieve route, whose body
-carries `model_version_status` too. A version is an integer (anything else is a 400); a label is
-a Modelworks alias. Without either, the `production` alias serves, else the latest version.
-Errors are `{"error": "<message>"}`. `signature_name` may be left out or be `serving_default`
-(or "", TF-Serving's default); for `:classify` and `:regress` it may also be
+carries `model_version_status` too. Status is the pool's real state (`v2.readiness`): a version
+whose runtime cannot load it is `END` with the reason, answered 200 as TF-Serving answers
+(the shared `GET /v1/models/{m}` answers such a version 503, see `openai.retrieve_model`).
+A version is an integer (anything else is a 400); a label is a Modelworks alias. Without
+either, the `production` alias serves, else the latest version. Errors are
+`{"error": "<message>"}`. `signature_name` may be left out or be `serving_default` (or "",
+TF-Serving's default); for `:classify` and `:regress` it may also be
 `tensorflow/serving/classify` or `tensorflow/serving/regress`.
 
 The bodies (`:predict`'s row and columnar formats, the examples and results of `:classify` and
@@ -39,7 +42,7 @@ from modelworks.api.protocols.tfserving_codec import (
     method,
     predict_feeds,
 )
-from modelworks.api.protocols.v2 import read_body
+from modelworks.api.protocols.v2 import read_body, readiness
 from modelworks.api.responses import AnswerBudget
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -62,14 +65,14 @@ ANSWER_ADVICE = "send fewer instances per request"
 async def version_status(
     model: str, version: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> Response:
-    return _json(_status(request, await _resolve(request, p, model, version=version)))
+    return _json(await _status(request, await _resolve(request, p, model, version=version)))
 
 
 @router.get("/v1/models/{model}/labels/{label}")
 async def label_status(
     model: str, label: str, request: Request, p: Principal = Depends(require("infer"))
 ) -> Response:
-    return _json(_status(request, await _resolve(request, p, model, label=label)))
+    return _json(await _status(request, await _resolve(request, p, model, label=label)))
 
 
 @router.get("/v1/models/{model}/metadata")
@@ -174,24 +177,26 @@ async def _resolve(
         raise BadRequest(exc.message) from None
 
 
-def _status(request: Request, t: Target) -> dict[str, Any]:
-    """TF-Serving's version status: a version that failed to convert or to load here is END
-    with its reason, as TF-Serving reports a servable that failed to load."""
-    loaded, reason = services(request).pool.status(t)
-    state, code, message = "AVAILABLE", "OK", ""
-    if t.status == "converting":
-        state = "LOADING"
-    elif t.status == "failed" or loaded == "failed":
-        state, code = "END", "UNKNOWN"
-        message = t.status_reason if t.status == "failed" else reason
+async def _status(request: Request, t: Target) -> dict[str, Any]:
+    """TF-Serving's status of one version, as `readiness` finds it (loading it if needed)."""
+    state, reason = await readiness(services(request), t)
+    return {"model_version_status": [status_entry(t, state, reason)]}
+
+
+def status_entry(t: Target, state: str, reason: str) -> dict[str, Any]:
+    """One `model_version_status` entry: AVAILABLE when the version serves; LOADING while it
+    is being converted; END with error_code UNKNOWN and the reason when its runtime cannot load
+    it, as TF-Serving reports a servable whose load failed (no canonical code fits every cause
+    better: a damaged artifact, a failed export, no memory left for it)."""
+    tf_state, code, message = "AVAILABLE", "OK", ""
+    if state == "loading":
+        tf_state = "LOADING"
+    elif state == "failed":
+        tf_state, code, message = "END", "UNKNOWN", reason
     return {
-        "model_version_status": [
-            {
-                "version": str(t.version),
-                "state": state,
-                "status": {"error_code": code, "error_message": message},
-            }
-        ]
+        "version": str(t.version),
+        "state": tf_state,
+        "status": {"error_code": code, "error_message": message},
     }
 
 

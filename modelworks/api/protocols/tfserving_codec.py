@@ -3,12 +3,14 @@ into numpy feeds for a model's inputs, and the model's outputs back into TF-Serv
 bodies. Pure functions of the body, the resolved `Target` and the outputs; the routes in
 `tfserving` resolve the model, read the body, check `signature_name` and run the model.
 
-Floats may be `NaN`, `Infinity` and `-Infinity` tokens both ways, as in TensorFlow Serving (a
-missing sensor value is data; a model's output can overflow); a finite number too big for the
-input's dtype (1e39 for DT_FLOAT) is still refused, as TF-Serving refuses lossy decimals. Binary
-strings are `{"b64": "..."}` both ways: BYTES outputs that are not UTF-8 (or whose name ends in
-`_bytes`, as in TF-Serving) come back in that form. BYTES inputs reach the model as the bytes
-sent, and must be UTF-8 text (see `modelworks.tensors`).
+Input tensors are decoded by the one JSON decoder in `modelworks.tensors` (its rules are in
+that docstring), with TF-Serving's wire format, `TF_JSON`: floats may be `NaN`, `Infinity` and
+`-Infinity` tokens both ways, as in TensorFlow Serving (a missing sensor value is data; a
+model's output can overflow); a finite number too big for the input's dtype (1e39 for
+DT_FLOAT) is still refused, as TF-Serving refuses lossy decimals. Binary strings are
+`{"b64": "..."}` both ways: BYTES outputs that are not UTF-8 (or whose name ends in `_bytes`,
+as in TF-Serving) come back in that form. BYTES inputs reach the model as the bytes sent, and
+must be UTF-8 text.
 
 `:predict` takes the row format (`{"instances": [...]}` -> `{"predictions": [...]}`; with one
 input each instance is that input's row, with several each is an object `{input: row}`) or the
@@ -33,7 +35,6 @@ Anything else, and any other task, is a 400 that says to use `:predict`.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import re
@@ -45,7 +46,16 @@ import orjson
 from modelworks.api.responses import AnswerBudget, Encoder
 from modelworks.errors import BadRequest, InvalidInput
 from modelworks.serving.target import Target
-from modelworks.tensors import NUMPY_TYPES, element_count, encode_text
+from modelworks.tensors import (
+    JsonRules,
+    element_count,
+    flatten_as,
+    from_nested_json,
+    is_b64,
+    json_array,
+    json_shape,
+    ragged,
+)
 
 TF_DTYPES = {
     "BOOL": "DT_BOOL",
@@ -63,6 +73,8 @@ TF_DTYPES = {
     "FP64": "DT_DOUBLE",
     "BYTES": "DT_STRING",
 }
+# TF-Serving's JSON: {"b64": ...} strings and NaN/Infinity tokens, DT_* names in messages
+TF_JSON = JsonRules(b64_strings=True, non_finite=True, type_names=TF_DTYPES)
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
 SCORE_NAMES = ("probabilities", "probability", "scores")
 CLASSIFY_TASKS = ("tabular-classification", "text-classification")
@@ -89,10 +101,6 @@ def _specs(t: Target, names: list[str]) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"b64"}
-
-
 def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str, np.ndarray], str]:
     if "instances" in req and "inputs" in req:
         raise BadRequest(
@@ -103,7 +111,7 @@ def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str,
         instances = req["instances"]
         if not isinstance(instances, list) or not instances:
             raise BadRequest("'instances' must be a non-empty list, one element per batch row")
-        named = [isinstance(x, dict) and not _is_b64(x) for x in instances]
+        named = [isinstance(x, dict) and not is_b64(x) for x in instances]
         if not any(named):
             if n_inputs != 1:
                 raise InvalidInput(
@@ -127,7 +135,7 @@ def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str,
         }, "rows"
     if "inputs" in req:
         inputs = req["inputs"]
-        if isinstance(inputs, dict) and not _is_b64(inputs):
+        if isinstance(inputs, dict) and not is_b64(inputs):
             if not inputs:
                 raise BadRequest("'inputs' is an empty object; name each input's tensor")
             specs = _specs(t, list(inputs))
@@ -144,117 +152,9 @@ def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str,
     )
 
 
-def _shape_of(data: Any) -> list[int]:
-    shape: list[int] = []
-    while isinstance(data, list):
-        shape.append(len(data))
-        if not data:
-            break
-        data = data[0]
-    return shape
-
-
-def _ragged(name: str) -> InvalidInput:
-    return InvalidInput(
-        f"input {name!r} is ragged: every row (and every nested list) must have the same length"
-    )
-
-
-def _flatten(name: str, data: Any, shape: list[int]) -> list[Any]:
-    """Row-major elements of `data`, which must nest exactly as `shape` says."""
-    if not shape:
-        if isinstance(data, list):
-            raise _ragged(name)
-        return [data]
-    out: list[Any] = []
-    last = len(shape) - 1
-
-    def walk(node: Any, depth: int) -> None:
-        if not isinstance(node, list) or len(node) != shape[depth]:
-            raise _ragged(name)
-        if depth == last:
-            if any(isinstance(x, list) for x in node):
-                raise _ragged(name)
-            out.extend(node)
-            return
-        for item in node:
-            walk(item, depth + 1)
-
-    walk(data, 0)
-    return out
-
-
 def tensor(name: str, spec: dict[str, Any], data: Any, limit: int) -> np.ndarray:
-    shape = _shape_of(data)
-    element_count(name, shape, limit)  # caps the size before anything is built
-    return _array(name, spec, _flatten(name, data, shape), shape, limit)
-
-
-def _array(
-    name: str, spec: dict[str, Any], flat: list[Any], shape: list[int], limit: int
-) -> np.ndarray:
-    datatype = spec.get("datatype")
-    if not isinstance(datatype, str) or datatype not in NUMPY_TYPES:
-        raise InvalidInput(
-            f"input {name!r} has datatype {datatype}, which has no JSON form here; "
-            "use the /v2 binary tensor extension"
-        )
-    count = element_count(name, shape, limit)
-    if len(flat) != count:
-        raise _ragged(name)
-    dtype = np.dtype(NUMPY_TYPES[datatype])
-    try:
-        if datatype == "BYTES":
-            arr = np.empty(count, dtype=np.object_)
-            for i, item in enumerate(flat):
-                arr[i] = _to_bytes(name, i, item)
-        elif datatype == "BOOL":
-            if not all(isinstance(x, bool) for x in flat):
-                raise InvalidInput(f"input {name!r}: DT_BOOL values must be true or false")
-            arr = np.array(flat, dtype=np.bool_)
-        elif dtype.kind in "iu":
-            if not all(isinstance(x, int) and not isinstance(x, bool) for x in flat):
-                raise InvalidInput(f"input {name!r}: {TF_DTYPES[datatype]} values must be integers")
-            info = np.iinfo(dtype)
-            if flat and (min(flat) < info.min or max(flat) > info.max):
-                raise InvalidInput(
-                    f"input {name!r}: values must lie in [{info.min}, {info.max}] for "
-                    f"{TF_DTYPES[datatype]}"
-                )
-            arr = np.array(flat, dtype=dtype)
-        else:
-            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
-                raise InvalidInput(f"input {name!r}: {TF_DTYPES[datatype]} values must be numbers")
-            sent = np.array(flat, dtype=np.float64)
-            with np.errstate(over="ignore"):
-                arr = sent.astype(dtype)
-            # NaN and ±Infinity are data (TF-Serving takes them); a finite value is not
-            # allowed to become one by overflowing the dtype
-            lost = np.flatnonzero(np.isfinite(sent) & ~np.isfinite(arr))
-            if lost.size:
-                raise InvalidInput(
-                    f"input {name!r}: {flat[lost[0]]} does not fit {TF_DTYPES[datatype]} "
-                    f"(at most ±{float(np.finfo(dtype).max):.4g}); send a smaller number, or "
-                    "the token Infinity for an infinite value"
-                )
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise InvalidInput(
-            f"input {name!r}: data does not fit {TF_DTYPES[datatype]} ({exc})"
-        ) from None
-    return arr.reshape(shape)
-
-
-def _to_bytes(name: str, i: int, item: Any) -> bytes:
-    if isinstance(item, str):
-        return encode_text(name, i, item)
-    if _is_b64(item) and isinstance(item["b64"], str):
-        try:
-            return base64.b64decode(item["b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(f"input {name!r}: a 'b64' value is not valid base64") from None
-    raise InvalidInput(
-        f'input {name!r}: DT_STRING values must be strings or {{"b64": "<base64>"}} objects'
-    )
+    """One input's tensor from its JSON (a `:predict` instance list or columnar value)."""
+    return from_nested_json(name, spec.get("datatype"), data, limit, TF_JSON)
 
 
 # classify / regress ---------------------------------------------------------------------------
@@ -320,20 +220,21 @@ def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict
                 f"per row: {hint}"
             )
         if row_len is not None and len(row) != row_len:
-            raise _ragged(name)
+            raise ragged(name)
         row_len = len(row)
         flat.extend(row)
         element_count(name, [len(flat)], limit)
     full = [len(examples), *(row_shape if width is not None else [row_len or 0])]
-    return {name: _array(name, spec, flat, full, limit)}
+    element_count(name, full, limit)
+    return {name: json_array(name, spec.get("datatype"), flat, full, TF_JSON)}
 
 
 def _example_row(name: str, features: dict[str, Any], i: int, limit: int, hint: str) -> list[Any]:
     if set(features) == {name}:
         value = features[name]
-        shape = _shape_of(value)
+        shape = json_shape(value)
         element_count(name, shape, limit)
-        return _flatten(name, value, shape)
+        return flatten_as(value, shape, lambda: ragged(name))
     if features and all(isinstance(k, str) and _FEATURE.fullmatch(k) for k in features):
         n = len(features)
         if set(features) != {f"f{j}" for j in range(n)}:

@@ -182,16 +182,29 @@ async def model_ready(
     version: str | None = None,
     p: Principal = Depends(require("infer")),
 ) -> Response:
-    """Loads (and warms up) the model if needed: ready means the next call will not wait."""
+    """200 `{"ready": true}`, or 503 with `ready: false` and the reason (see `readiness`)."""
     svc = services(request)
     t = await svc.serving.resolve_async(p, model, version)
+    state, reason = await readiness(svc, t)
+    if state != "ready":
+        return JSONResponse({"name": t.model, "ready": False, "error": reason}, status_code=503)
+    return JSONResponse({"name": t.model, "ready": True})
+
+
+async def readiness(svc: Services, t: Target) -> tuple[str, str]:
+    """Whether version `t` serves, from the pool's real state, for every protocol's readiness
+    or status route: ('ready', its warm-up note), ('loading', why) while it is being converted
+    for serving, or ('failed', why) when its runtime cannot load it (a damaged artifact, a
+    failed export). Loads (and warms up) the version if needed, so ready means the next call
+    will not wait, and a version never loaded is not reported ready on trust."""
     try:
         await svc.serving.load(t)
     except ModelworksError as exc:
-        return JSONResponse(
-            {"name": t.model, "ready": False, "error": exc.message}, status_code=503
-        )
-    return JSONResponse({"name": t.model, "ready": True})
+        if t.status == "converting":
+            return "loading", exc.message
+        state, reason = svc.pool.status(t)
+        return "failed", reason if state == "failed" and reason else exc.message
+    return "ready", svc.pool.status(t)[1]
 
 
 @router.post("/models/{model}/infer")
