@@ -252,3 +252,61 @@ def test_the_answer_budget_counts_only_the_outputs_asked_for() -> None:
     narrow, refused = asyncio.run(main())
     assert narrow["narrow"].shape == (2, 1)
     assert refused is not None and refused.status == 413
+
+
+class GatedIndex:
+    """A `Gather` of three values behind a gate: an index out of range fails its run."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        import onnx
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            [helper.make_node("Gather", ["data", "i"], ["y"], axis=0)],
+            "gather",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, [-1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1])],
+            initializer=[helper.make_tensor("data", TensorProto.FLOAT, [3], [10, 20, 30])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path = tmp_path / "gather.onnx"
+        onnx.save_model(model, str(path))
+        signature = {"inputs": [{"name": "i", "datatype": "INT64", "shape": [-1]}]}
+        self.inner = OnnxModel(path, signature)
+        self.signature = signature
+        self.gate = threading.Event()
+        self.runs: list[int] = []
+
+    def predict(
+        self, feeds: dict[str, np.ndarray], outputs: Any = None, run_options: Any = None
+    ) -> Any:
+        self.gate.wait(10)
+        self.runs.append(int(feeds["i"].shape[0]))
+        return self.inner.predict(feeds, outputs, run_options)
+
+
+def test_a_bad_request_fails_alone_not_the_batch_it_shared(tmp_path: Path) -> None:
+    """Requests batched with one whose values the model rejects still get their answers:
+    the batch is run again one request at a time, and only the bad one fails."""
+    model = GatedIndex(tmp_path)
+    batcher = Batcher(model, BatchSettings(max_batch_size=64), name="m")  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        first = asyncio.create_task(batcher.submit({"i": np.array([0])}))
+        await asyncio.sleep(0.05)  # the first run holds the gate; the next three queue
+        rest = [
+            asyncio.create_task(batcher.submit({"i": np.array(idx)})) for idx in ([1], [7], [2, 0])
+        ]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        done = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.close()
+        return done
+
+    first, good, bad, also_good = asyncio.run(main())
+    assert model.runs[:2] == [1, 4], "the three queued requests shared one run"
+    assert first.outputs["y"].tolist() == [10.0]
+    assert good.outputs["y"].tolist() == [20.0]
+    assert also_good.outputs["y"].tolist() == [30.0, 10.0]
+    assert isinstance(bad, Exception) and "idx=7" in str(bad)

@@ -118,7 +118,8 @@ class Answer:
 class _Run:
     """What a batch's worker thread hands back: per request its answer or its refusal."""
 
-    results: list[Answer | ModelworksError]
+    # per request: its answer, our refusal, or the runtime's failure on that request alone
+    results: list[Answer | BaseException]
     executions: int
     marks: tuple[int, int, int, int]  # started, stacked, inferred, ended (perf_counter_ns)
 
@@ -433,7 +434,7 @@ class Batcher:
         for it, res in zip(group, run.results, strict=True):
             if it.future.done():
                 continue  # answered 504 at its deadline: the late result is dropped
-            if isinstance(res, ModelworksError):
+            if isinstance(res, BaseException):
                 it.future.set_exception(res)
                 continue
             # each request is billed its share of the run, by rows
@@ -455,7 +456,14 @@ class Batcher:
         else:
             stacked = {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
         stacked_at = time.perf_counter_ns()
-        out = as_result(self.model.predict(stacked, run_options=options))
+        try:
+            out = as_result(self.model.predict(stacked, run_options=options))
+        except Exception:
+            if len(feeds) == 1 or options.terminate:
+                raise
+            # one request's values (an index out of range...) may have failed the batch: each
+            # runs alone, so only the request at fault gets the error
+            return self._one_by_one(feeds, wanted, options, started, stacked_at)
         executions = 1
         arrays = [*out.outputs.values(), *out.counts.values()]
         alone = len(feeds) > 1 and any(a.ndim == 0 or a.shape[0] != total for a in arrays)
@@ -474,8 +482,29 @@ class Batcher:
                 Answer({n: outs[n][i] for n in outs}, {n: counts[n][i] for n in counts})
                 for i in range(len(feeds))
             ]
-        checked = [self._within_budget(r, w) for r, w in zip(results, wanted, strict=True)]
+        checked: list[Answer | BaseException] = [
+            self._within_budget(r, w) for r, w in zip(results, wanted, strict=True)
+        ]
         return _Run(checked, executions, (started, stacked_at, inferred_at, time.perf_counter_ns()))
+
+    def _one_by_one(
+        self,
+        feeds: list[dict[str, np.ndarray]],
+        wanted: list[frozenset[str] | None],
+        options: Any,
+        started: int,
+        stacked_at: int,
+    ) -> _Run:
+        results: list[Answer | BaseException] = []
+        for f, w in zip(feeds, wanted, strict=True):
+            try:
+                r = as_result(self.model.predict(f, run_options=options))
+                results.append(self._within_budget(Answer(r.outputs, r.counts), w))
+            except Exception as exc:
+                results.append(exc)
+        inferred_at = time.perf_counter_ns()
+        marks = (started, stacked_at, inferred_at, time.perf_counter_ns())
+        return _Run(results, 1 + len(feeds), marks)
 
     def _within_budget(
         self, answer: Answer, wanted: frozenset[str] | None
