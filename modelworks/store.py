@@ -241,6 +241,21 @@ class Upload:
 class ArtifactStore:
     """Blobs addressed by digest under `blobs/sha256/<2 hex>/<62 hex>`."""
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> ArtifactStore:
+        """The store `settings` name (the server's and every worker's, alike)."""
+        cipher = (
+            ArtifactCipher.from_file(settings.encryption_key_file)
+            if settings.encryption_key_file is not None
+            else None
+        )
+        return cls(
+            settings.resolved_store_url,
+            scratch=settings.home / "tmp",
+            cipher=cipher,
+            max_extract_bytes=settings.max_extract_bytes,
+        )
+
     def __init__(
         self,
         url: str,

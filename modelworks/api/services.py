@@ -12,9 +12,8 @@ from modelworks.auth.audit import AuditLog
 from modelworks.auth.keys import KeyService
 from modelworks.auth.limits import FailureThrottle, Limiter, make_backend
 from modelworks.auth.usage import UsageMeter
-from modelworks.crypto import ArtifactCipher
 from modelworks.db import make_engine, make_sessionmaker
-from modelworks.jobs.kinds import WorkerContext, registered
+from modelworks.jobs.kinds import WorkerContext, job_queue
 from modelworks.jobs.queue import JobQueue
 from modelworks.registry import Registry
 from modelworks.runtimes.onnx import cap_memory
@@ -47,18 +46,8 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         engine = make_engine(settings.resolved_database_url)
         sessions = make_sessionmaker(engine)
-        cipher = (
-            ArtifactCipher.from_file(settings.encryption_key_file)
-            if settings.encryption_key_file is not None
-            else None
-        )
-        store = ArtifactStore(
-            settings.resolved_store_url,
-            scratch=settings.home / "tmp",
-            cipher=cipher,
-            max_extract_bytes=settings.max_extract_bytes,
-        )
-        jobs = JobQueue(sessions, settlers=registered(), lease_s=settings.job_lease_s)
+        store = ArtifactStore.from_settings(settings)
+        jobs = job_queue(sessions, settings)
         registry = Registry(sessions, store)
         # one arena for every ONNX Runtime session of this process: runs past it are 413
         cap_memory(settings.inference_memory_mb * MIB, settings.memory_budget_mb * MIB)

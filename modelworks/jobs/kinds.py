@@ -63,6 +63,13 @@ class JobKind(Protocol):
     def settle(self, session: Session, job: Job, status: str, error: str) -> None: ...
 
 
+def job_queue(sessions: sessionmaker[Session], settings: Settings) -> JobQueue:
+    """The queue as `settings` configure it, with every kind's settle hook."""
+    from modelworks.jobs.queue import JobQueue
+
+    return JobQueue(sessions, settlers=registered(), lease_s=settings.job_lease_s)
+
+
 def registered() -> dict[str, JobKind]:
     """Every job kind this installation runs, by name."""
     from modelworks.jobs.export import ExportKind

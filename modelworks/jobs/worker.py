@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from modelworks.jobs.kinds import JobKind, Plan, WorkerContext, registered
+from modelworks.jobs.kinds import JobKind, Plan, WorkerContext, job_queue, registered
 from modelworks.jobs.queue import JobQueue, JobView
 from modelworks.jobs.report import parse
 
@@ -244,22 +244,9 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 
 def build_context(settings: Any, changed: Callable[[int, str], None] | None = None) -> Any:
     """The worker's view of the installation: database, store and queue; no serving."""
-    from modelworks.crypto import ArtifactCipher
     from modelworks.db import make_engine, make_sessionmaker
     from modelworks.store import ArtifactStore
 
-    engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
-    cipher = (
-        ArtifactCipher.from_file(settings.encryption_key_file)
-        if settings.encryption_key_file is not None
-        else None
-    )
-    store = ArtifactStore(
-        settings.resolved_store_url,
-        scratch=settings.home / "tmp",
-        cipher=cipher,
-        max_extract_bytes=settings.max_extract_bytes,
-    )
-    queue = JobQueue(sessions, settlers=registered(), lease_s=settings.job_lease_s)
-    return WorkerContext(settings, sessions, store, queue, changed)
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    store = ArtifactStore.from_settings(settings)
+    return WorkerContext(settings, sessions, store, job_queue(sessions, settings), changed)
