@@ -18,12 +18,12 @@ from modelworks import __version__
 from modelworks.api import audit, docs, errors, health, jobs, keys, models, projects, usage
 from modelworks.api.auth import require
 from modelworks.api.encoding import Compress
-from modelworks.api.fastpath import InferFastPath
 from modelworks.api.limits import BodyLimit
 from modelworks.api.metering import make_account
 from modelworks.api.metrics import Metrics, MetricsMiddleware
 from modelworks.api.middleware import RequestContext
 from modelworks.api.protocols import hf, openai, tfserving, v2
+from modelworks.api.routing import Dispatch, ProtocolRoutes
 from modelworks.api.services import Services
 from modelworks.auth.keys import Principal
 from modelworks.errors import Forbidden
@@ -74,6 +74,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     errors.install(app)
     for module in (health, models, keys, projects, usage, audit, jobs, v2, openai, hf, tfserving):
         app.include_router(module.router)
+    # the protocol routes, declared once on their routers: FastAPI documents them, Dispatch
+    # (modelworks.api.routing) serves them
+    protocol_routers = (v2.router, openai.router, hf.router, tfserving.router)
+    app.state.protocol_routes = ProtocolRoutes(d for r in protocol_routers for d in r.described)
     app.include_router(docs.router(settings, app))
     metrics = Metrics(svc.pool)
     app.state.metrics = metrics
@@ -88,7 +92,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     account = make_account(svc)
 
-    app.add_middleware(InferFastPath)  # innermost: metrics, limits and hosts still apply
+    app.add_middleware(Dispatch)  # innermost: metrics, limits and hosts apply to it too
     app.add_middleware(MetricsMiddleware, metrics=metrics, on_done=account)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Compress)  # responses; BodyLimit inflates compressed requests

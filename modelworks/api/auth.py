@@ -22,7 +22,14 @@ from modelworks.api.limits import BODY_PROBLEM
 from modelworks.api.metrics import note
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
-from modelworks.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthorized
+from modelworks.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    ValidationFailed,
+)
 
 ANONYMOUS_ROLE = "admin"  # auth off (loopback only): every caller may do everything
 # exactly "<scheme> <token>": one space, no other whitespace anywhere (the token is never
@@ -192,16 +199,34 @@ def project_scope(request: Request, p: Principal) -> int | None:
     return p.project_id
 
 
+PROJECT_MAX = 64
+
+
+def project_param(request: Request) -> str | None:
+    """`?project=`, checked as `require`'s dependency checks it (for the protocol routes,
+    which `modelworks.api.routing` calls without FastAPI's dependency solving)."""
+    project = request.query_params.get("project")
+    if project is not None and len(project) > PROJECT_MAX:
+        raise ValidationFailed(
+            f"invalid request: query.project: String should have at most {PROJECT_MAX} characters"
+        )
+    return project
+
+
 def require(permission: str) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: authenticate, then `authorize` for `permission`."""
+    """A dependency: authenticate, then `authorize` for `permission` (its `permission`
+    attribute names it, for `modelworks.api.routing`)."""
 
     async def dependency(
         request: Request,
         p: Principal = Depends(authenticate),
         project: str | None = Query(
-            None, max_length=64, description="Act in this project (admin keys: any project)."
+            None,
+            max_length=PROJECT_MAX,
+            description="Act in this project (admin keys: any project).",
         ),
     ) -> Principal:
         return await authorize(request, p, permission, project)
 
+    dependency.permission = permission  # type: ignore[attr-defined]
     return dependency

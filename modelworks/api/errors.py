@@ -19,8 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from modelworks.api.metrics import note
+from modelworks.api.protocols import protocol_of
 from modelworks.errors import (
     CODE_HEADER,
     ERRORS_BY_STATUS,
@@ -46,23 +48,21 @@ PREFIXES = ("/v1", "/v2")  # a path that exists under one of these suggests it o
 OPENAI_UNSERVED = ("/chat/completions", "/completions", "/responses")
 
 
-def error_style(path: str) -> str:
-    """Which error body the route's clients expect.
+def error_style(path: str, app: Any = None, method: str = "GET") -> str:
+    """Which error body the clients of `path` expect: its protocol's (`Protocol.errors`, from
+    the route it matches or, matching none, the protocol that owns it), else the Modelworks
+    envelope.
 
     OIP v2, TF-Serving and Hugging Face task calls: `{"error": "<message>"}`.
     OpenAI (`/v1/embeddings`, `/v1/models[/{id}]`): `{"error": {"message", "type", "code"}}`.
-    Everything else: the Modelworks envelope.
     """
-    if path.startswith(("/v2", "/models/")):
-        return "string"
-    if path.startswith("/v1/"):
-        if path.startswith("/v1/embeddings") or path == "/v1/models":
-            return "openai"
-        rest = path[len("/v1/models/") :] if path.startswith("/v1/models/") else ""
-        if rest and "/" not in rest and ":" not in rest:
-            return "openai"  # shared with TF-Serving status; the OpenAI shape serves both
-        return "string"
-    return "envelope"
+    return style_of({"type": "http", "path": path, "method": method, "app": app})
+
+
+def style_of(scope: Scope) -> str:
+    """The error body of the request in `scope` (see `error_style`)."""
+    proto = protocol_of(scope)
+    return proto.errors if proto is not None else "envelope"
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -98,10 +98,10 @@ def missing_route(request: Request) -> tuple[str, str]:
         match, prefix = max(found, key=lambda f: f[0])
         if match:
             guess = prefix + path
-            style = error_style(guess)
+            style = error_style(guess, request.app, request.method)
             advice = f"; set base_url to {origin}{prefix}" if style == "openai" else ""
             return f"no route {path!r}; did you mean {guess}?{advice}", style
-    return f"no route {path!r}; see /docs for the API", error_style(path)
+    return f"no route {path!r}; see /docs for the API", style_of(request.scope)
 
 
 def error_response(request: Request, exc: ModelworksError, style: str | None = None) -> Response:
@@ -112,7 +112,7 @@ def error_response(request: Request, exc: ModelworksError, style: str | None = N
     if retry is not None:  # whole seconds, at most a day (a client may sleep on it)
         headers["Retry-After"] = str(min(MAX_RETRY_AFTER_S, max(0, int(retry))))
     note(error=exc.code)
-    style = style or error_style(request.url.path)
+    style = style or style_of(request.scope)
     rid = getattr(request.state, "request_id", None)
     message = exc.message
     if exc.status == 500 and rid and style != "envelope" and rid not in message:

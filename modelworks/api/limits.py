@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelworks.api.encoding import Inflate, content_coding, too_large, wire_cap
 from modelworks.api.errors import error_response
+from modelworks.api.protocols import protocol_of
 from modelworks.errors import (
     BadRequest,
     ModelworksError,
@@ -32,7 +33,6 @@ from modelworks.settings import Settings
 
 MANAGEMENT_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
-INFERENCE_PREFIXES = ("/v2/", "/v1/", "/models/")
 _UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 _BIG_EXPONENT = re.compile(r"[eE][+-]?0*[0-9]{3}")
@@ -227,12 +227,14 @@ def _in_range(text: str) -> float:
     return value
 
 
-def cap_for(path: str, method: str, settings: Settings) -> int | None:
-    """The body cap of a route; None for uploads, whose handler caps the file itself."""
-    if method == "POST" and _UPLOAD.match(path):
+def cap_for(scope: Scope, settings: Settings) -> int | None:
+    """The body cap of a request: its protocol's (inference bodies), the management API's,
+    or None for uploads, whose handler caps the file itself."""
+    proto = protocol_of(scope)
+    if proto is not None:
+        return settings.max_request_bytes if proto.inference else MANAGEMENT_BODY_BYTES
+    if scope["method"] == "POST" and _UPLOAD.match(scope["path"]):
         return None
-    if path.startswith(INFERENCE_PREFIXES):
-        return settings.max_request_bytes
     return MANAGEMENT_BODY_BYTES
 
 
@@ -322,7 +324,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        cap = cap_for(path, scope["method"], self.settings)
+        proto = protocol_of(scope)
+        inference = proto is not None and proto.inference  # streamed to the handler, not read
+        cap = cap_for(scope, self.settings)
         length = encoding = ctype = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -346,7 +350,7 @@ class BodyLimit:
                     raise BadRequest("invalid Content-Length")
                 if int(length) > (wire_cap(cap) if inflate else cap):
                     raise too_large(cap)
-            if cap is not None and not path.startswith(INFERENCE_PREFIXES):
+            if cap is not None and not inference:
                 # small JSON bodies: read them whole, check nesting, then hand them on
                 body = await _read_whole(receive, cap)
                 check_depth(body)

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelworks.api.protocols import protocol_of
 from modelworks.context import CURRENT, note
 from modelworks.serving.pool import ModelPool
 
@@ -22,18 +23,6 @@ __all__ = ["CURRENT", "Metrics", "MetricsMiddleware", "note"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-def protocol_of(path: str) -> str | None:
-    if path.startswith("/v2/models/"):
-        return "v2"
-    if path.startswith("/v1/embeddings"):
-        return "openai"
-    if path.startswith("/v1/models/") and (":" in path or path.count("/") > 3):
-        return "tfserving"
-    if path.startswith("/models/"):
-        return "hf"
-    return None
 
 
 class _PoolCollector(Collector):
@@ -151,10 +140,11 @@ class MetricsMiddleware:
         self.on_done = on_done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = protocol_of(scope["path"]) if scope["type"] == "http" else None
-        if protocol is None:
+        proto = protocol_of(scope) if scope["type"] == "http" else None
+        if proto is None:
             await self.app(scope, receive, send)
             return
+        protocol = proto.name
         facts: dict[str, Any] = {"method": scope["method"]}
         token = CURRENT.set(facts)
         status = 500

@@ -24,8 +24,8 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
 ]
+NO_STORE = (b"cache-control", b"no-store")  # unless the route set a Cache-Control of its own
 
 
 class RequestContext:
@@ -54,6 +54,8 @@ class RequestContext:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid))
                 headers.extend(SECURITY_HEADERS)
+                if all(k.lower() != b"cache-control" for k, _ in headers):
+                    headers.append(NO_STORE)
                 message["headers"] = headers
             await send(message)
 

@@ -24,7 +24,7 @@ ROUTES = [
     ("GET", "/api/v1/models", {}),
     ("GET", "/api/v1/keys", {}),
     ("GET", "/v2/models/m", {}),
-    ("POST", "/v2/models/m/infer", {"json": {"inputs": []}}),  # the fast path
+    ("POST", "/v2/models/m/infer", {"json": {"inputs": []}}),  # a protocol route (api/routing.py)
     ("POST", "/v1/embeddings", {"json": {"model": "m", "input": "hi"}}),
     ("POST", "/v1/models/m:predict", {"json": {"instances": [[1]]}}),
 ]
@@ -55,7 +55,7 @@ MALFORMED = [
 
 
 def test_whitespace_around_the_key_is_malformed(anon: httpx.Client, admin_key: str) -> None:
-    # the management API and the inference fast path (staying within the failure budget of
+    # the management API and a protocol route (staying within the failure budget of
     # 30 a minute per address: beyond it, bad credentials get 429)
     for shape in MALFORMED:
         header = shape.replace("{k}", admin_key).encode("latin-1")

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import orjson
 from anyio import to_thread
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
+from modelworks.api.protocols import HF, ProtocolRouter
 from modelworks.api.protocols.openai import load_json, parse_texts, truncate
 from modelworks.api.protocols.v2 import read_body
 from modelworks.api.responses import AnswerBudget, dumps, numpy_json
@@ -25,7 +26,7 @@ from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import InvalidInput
 
-router = APIRouter(tags=["hugging face"])
+router = ProtocolRouter(HF, tags=["hugging face"])
 ANSWER_ADVICE = "send fewer inputs per request, or a smaller 'parameters.top_k'"
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 from anyio import to_thread
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.limits import loads
+from modelworks.api.protocols import OPENAI, ProtocolRouter
 from modelworks.api.protocols.tfserving import status_entry
 from modelworks.api.protocols.v2 import read_body, readiness
 from modelworks.api.responses import AnswerBudget, numpy_json
@@ -33,7 +34,7 @@ from modelworks.errors import (
     ServiceUnavailable,
 )
 
-router = APIRouter(tags=["openai"])
+router = ProtocolRouter(OPENAI, tags=["openai"])
 MAX_INPUTS = 2048
 MAX_INPUT_BYTES = 64 * 1024
 ANSWER_ADVICE = (

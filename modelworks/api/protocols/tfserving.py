@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 from anyio import to_thread
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.limits import loads
+from modelworks.api.protocols import TFSERVING, ProtocolRouter
 from modelworks.api.protocols.tfserving_codec import (
     TF_DTYPES,
     check_task,
@@ -50,7 +51,7 @@ from modelworks.errors import BadRequest, NotFound, ValidationFailed
 from modelworks.serving.target import Target
 from modelworks.tensors import check_against_signature
 
-router = APIRouter(tags=["tensorflow serving"])
+router = ProtocolRouter(TFSERVING, tags=["tensorflow serving"])
 
 VERBS = ("predict", "classify", "regress")
 DEFAULT_SIGNATURE = "serving_default"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from anyio import to_thread
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -22,6 +22,7 @@ from modelworks import __version__
 from modelworks.api.auth import require
 from modelworks.api.health import database_ok
 from modelworks.api.limits import loads
+from modelworks.api.protocols import V2, ProtocolRouter
 from modelworks.api.responses import AnswerBudget, binary_size, flat_json
 from modelworks.api.services import Services, services
 from modelworks.auth.keys import Principal
@@ -36,7 +37,7 @@ from modelworks.tensors import (
     to_binary,
 )
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+router = ProtocolRouter(V2, prefix="/v2", tags=["open inference protocol v2"])
 EXTENSIONS: list[str] = ["binary_tensor_data", "statistics"]
 STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 COMPUTE = ("compute_input", "compute_infer", "compute_output")
