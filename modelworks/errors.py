@@ -65,6 +65,13 @@ class InvalidInput(BadRequest):
     code = "invalid_input"
 
 
+class TaskMismatch(BadRequest):
+    """The call asks a model for what its task or signature cannot give (a classification of
+    a model with no score output, rows for a model with several inputs)."""
+
+    code = "task_mismatch"
+
+
 class ClientGone(BadRequest):
     """The client disconnected before its request body arrived whole."""
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,28 +18,24 @@ from starlette.responses import Response
 
 from modelworks.api.auth import require
 from modelworks.api.protocols import HF, ProtocolRouter
-from modelworks.api.protocols.openai import load_json, parse_texts, truncate
+from modelworks.api.protocols.openai import load_json, parse_texts
 from modelworks.api.protocols.v2 import read_body
 from modelworks.api.responses import AnswerBudget, dumps, numpy_json
 from modelworks.api.services import services
 from modelworks.auth.keys import Principal
 from modelworks.errors import InvalidInput
+from modelworks.serving.tasks import (
+    SCORING,
+    check_dimensions,
+    class_labels,
+    class_scores,
+    embeddings,
+    text_feeds,
+    top_labels,
+)
 
 router = ProtocolRouter(HF, tags=["hugging face"])
 ANSWER_ADVICE = "send fewer inputs per request, or a smaller 'parameters.top_k'"
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(np.exp(-np.logaddexp(0.0, -z)))  # no overflow for large |z|
-
-
-# transformers' ClassificationFunction, from what the classifier returns: a probability over
-# labels (its softmax), one per label, or the logits
-SCORES: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
-    "softmax": lambda out: out["probabilities"],
-    "sigmoid": lambda out: sigmoid(out["_logits"].astype(np.float64)),
-    "none": lambda out: out["_logits"],
-}
 
 
 def score_function(params: dict[str, Any]) -> str:
@@ -48,9 +43,9 @@ def score_function(params: dict[str, Any]) -> str:
     name = params.get("function_to_apply")
     if name is None:
         return "softmax"
-    if not isinstance(name, str) or name.lower() not in SCORES:
+    if not isinstance(name, str) or name.lower() not in SCORING:
         raise InvalidInput(
-            f"'parameters.function_to_apply' must be one of {', '.join(map(repr, SCORES))}"
+            f"'parameters.function_to_apply' must be one of {', '.join(map(repr, SCORING))}"
         )
     return name.lower()
 
@@ -83,30 +78,27 @@ async def task_call(
             "(feature extraction) and 'text-classification' models — use /v2 for tensors"
         )
     if t.task == "embeddings":
-        pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
-        emb = pred.outputs["embedding"]
-        dims = params.get("dimensions")
-        if dims is not None:
-            full = emb.shape[1]
-            if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= full:
-                raise InvalidInput(f"'dimensions' must be an integer from 1 to {full}")
-            emb = await to_thread.run_sync(truncate, emb, dims)
-        rows = budget.array(np.asarray(emb[0] if single else emb, dtype=np.float32), numpy_json)
+        dims = check_dimensions(t, params.get("dimensions"))
+        pred = await svc.serving.predict(t, text_feeds(texts))
+        if dims is None:
+            emb = embeddings(pred.outputs)
+        else:
+            emb = await to_thread.run_sync(embeddings, pred.outputs, dims)
+        rows = budget.array(emb[0] if single else emb, numpy_json)
         return Response(budget.body(rows), media_type="application/json")
     scoring, k = score_function(params), top_k(params)
-    pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
-    scores = SCORES[scoring](pred.outputs)
-    labels = list(t.signature.get("labels") or [f"LABEL_{i}" for i in range(scores.shape[1])])
+    pred = await svc.serving.predict(t, text_feeds(texts))
+    scores = class_scores(t, pred.outputs, len(texts), scoring)
+    # transformers' names for labels a model does not name
+    labels = class_labels(t, scores.shape[1]) or [f"LABEL_{i}" for i in range(scores.shape[1])]
     result = [_top_labels(budget, row, labels, k) for row in scores]
     return Response(budget.body(result), media_type="application/json")
 
 
 def _top_labels(
-    budget: AnswerBudget, row: np.ndarray, labels: list[Any], k: int | None
+    budget: AnswerBudget, row: np.ndarray, labels: list[str], k: int | None
 ) -> orjson.Fragment:
     """One text's labels, best first, as transformers' pipeline lists them."""
-    order = np.argsort(-row, kind="stable")[:k]
-    best = [{"label": labels[i], "score": float(row[i])} for i in order]
-    text = dumps(best)
+    text = dumps(top_labels(row, labels, k))
     budget.take(len(text))
     return orjson.Fragment(text)

@@ -33,6 +33,7 @@ from modelworks.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
+from modelworks.serving import tasks
 
 router = ProtocolRouter(OPENAI, tags=["openai"])
 MAX_INPUTS = 2048
@@ -165,12 +166,6 @@ def load_json(body: bytes) -> dict[str, Any]:
     return data
 
 
-def truncate(emb: np.ndarray, dims: int) -> np.ndarray:
-    """Keep the first `dims` dimensions and renormalise, as OpenAI's `dimensions` does."""
-    cut = emb[:, :dims]
-    return np.asarray(cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12))
-
-
 @router.post("/v1/embeddings")
 async def embeddings(request: Request, p: Principal = Depends(require("infer"))) -> Response:
     svc = services(request)
@@ -183,21 +178,13 @@ async def embeddings(request: Request, p: Principal = Depends(require("infer")))
     if fmt not in ("float", "base64"):
         raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
     t = await svc.serving.resolve_async(p, model)
-    if t.task != "embeddings":
-        raise InvalidInput(f"model {t.model!r} has task {t.task!r}, not 'embeddings'")
-    dims = req.get("dimensions")
-    full = int(t.signature.get("dimensions") or t.signature["outputs"][0]["shape"][-1])
-    if dims is not None and (
-        isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= full
-    ):
-        raise InvalidInput(
-            f"'dimensions' must be an integer from 1 to {full} for model {t.model!r}"
-        )
-    pred = await svc.serving.predict(t, {"text": np.array(texts, dtype=np.object_)})
-    emb = pred.outputs["embedding"]
-    if dims is not None and dims < full:
-        emb = await to_thread.run_sync(truncate, emb, dims)
-    emb = np.ascontiguousarray(emb, dtype="<f4")
+    tasks.check_text_task(t, ("embeddings",))
+    dims = tasks.check_dimensions(t, req.get("dimensions"))
+    pred = await svc.serving.predict(t, tasks.text_feeds(texts))
+    if dims is None:
+        emb = tasks.embeddings(pred.outputs)
+    else:  # renormalising is numpy work: off the event loop
+        emb = await to_thread.run_sync(tasks.embeddings, pred.outputs, dims)
     budget = AnswerBudget(svc.settings.max_response_bytes, ANSWER_ADVICE)
     data = [
         {"object": "embedding", "index": i, "embedding": _row(budget, row, fmt)}

@@ -36,23 +36,35 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import orjson
 
 from modelworks.api.responses import AnswerBudget, Encoder
-from modelworks.errors import BadRequest, InvalidInput
+from modelworks.errors import BadRequest, InvalidInput, TaskMismatch
 from modelworks.serving.target import Target
+from modelworks.serving.tasks import (
+    CLASSIFY_TASKS,
+    REGRESS_TASKS,
+    class_labels,
+    class_scores,
+    describe_inputs,
+    regression_output,
+    regression_values,
+    row_feeds,
+    row_input,
+    score_output,
+)
 from modelworks.tensors import (
     JsonRules,
     element_count,
     flatten_as,
     from_nested_json,
     is_b64,
-    json_array,
     json_shape,
     ragged,
 )
@@ -75,10 +87,6 @@ TF_DTYPES = {
 }
 # TF-Serving's JSON: {"b64": ...} strings and NaN/Infinity tokens, DT_* names in messages
 TF_JSON = JsonRules(b64_strings=True, non_finite=True, type_names=TF_DTYPES)
-FLOAT_TYPES = ("FP16", "FP32", "FP64")
-SCORE_NAMES = ("probabilities", "probability", "scores")
-CLASSIFY_TASKS = ("tabular-classification", "text-classification")
-REGRESS_TASKS = ("tabular-regression",)
 _FEATURE = re.compile(r"f(0|[1-9][0-9]*)")
 
 
@@ -87,17 +95,11 @@ def method(verb: str) -> str:
     return f"tensorflow/serving/{verb}"
 
 
-def _described(t: Target) -> str:
-    return ", ".join(
-        f"{i['name']}: {i['datatype']} {i['shape']}" for i in t.signature.get("inputs", [])
-    )
-
-
 def _specs(t: Target, names: list[str]) -> dict[str, dict[str, Any]]:
     specs = {i["name"]: i for i in t.signature.get("inputs", [])}
     for name in names:
         if name not in specs:
-            raise InvalidInput(f"unknown input {name!r}; the model expects {_described(t)}")
+            raise InvalidInput(f"unknown input {name!r}; the model expects {describe_inputs(t)}")
     return specs
 
 
@@ -115,7 +117,7 @@ def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str,
         if not any(named):
             if n_inputs != 1:
                 raise InvalidInput(
-                    f"the model has {n_inputs} inputs ({_described(t)}); send each instance "
+                    f"the model has {n_inputs} inputs ({describe_inputs(t)}); send each instance "
                     "as an object {input name: value}"
                 )
             name = t.signature["inputs"][0]["name"]
@@ -142,7 +144,7 @@ def predict_feeds(t: Target, req: dict[str, Any], limit: int) -> tuple[dict[str,
             return {k: tensor(k, specs[k], v, limit) for k, v in inputs.items()}, "columns"
         if n_inputs != 1:
             raise InvalidInput(
-                f"the model has {n_inputs} inputs ({_described(t)}); send 'inputs' as an "
+                f"the model has {n_inputs} inputs ({describe_inputs(t)}); send 'inputs' as an "
                 "object {input name: tensor}"
             )
         name = t.signature["inputs"][0]["name"]
@@ -158,36 +160,33 @@ def tensor(name: str, spec: dict[str, Any], data: Any, limit: int) -> np.ndarray
 
 
 # classify / regress ---------------------------------------------------------------------------
+@contextmanager
+def _predict_instead(verb: str) -> Iterator[None]:
+    """A model whose outputs or inputs the verb cannot use: say that :predict can."""
+    try:
+        yield
+    except TaskMismatch as exc:
+        raise TaskMismatch(f"{exc.message}; :{verb} cannot serve it, use :predict") from None
+
+
 def check_task(t: Target, verb: str) -> None:
-    tasks = CLASSIFY_TASKS if verb == "classify" else REGRESS_TASKS
-    if t.task not in tasks:
+    task_list = CLASSIFY_TASKS if verb == "classify" else REGRESS_TASKS
+    if t.task not in task_list:
         raise BadRequest(
             f"model {t.model!r} has task {t.task!r}, which does not support :{verb} "
-            f"(it serves {' and '.join(tasks)} models); use :predict for this model"
+            f"(it serves {' and '.join(task_list)} models); use :predict for this model"
         )
-    if verb == "classify":
-        _score_output(t)
-    else:
-        _regress_output(t)
+    with _predict_instead(verb):
+        if verb == "classify":
+            score_output(t)
+        else:
+            regression_output(t)
 
 
 def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict[str, np.ndarray]:
-    inputs = t.signature.get("inputs", [])
-    shape = inputs[0].get("shape") if len(inputs) == 1 else None
-    if not isinstance(shape, list) or not shape:
-        raise BadRequest(
-            f"model {t.model!r} has inputs {_described(t)}; :{verb} builds one batched input "
-            "from each example's features, so it needs a single input with a batch dimension "
-            "— use :predict"
-        )
-    spec = inputs[0]
-    name = str(spec["name"])
-    row_shape = [int(d) for d in shape[1:]]
-    width = math.prod(row_shape) if all(d >= 0 for d in row_shape) else None
-    if width is None and len(row_shape) != 1:
-        raise BadRequest(
-            f"input {name!r} has shape {shape} with unknown row dimensions; use :predict"
-        )
+    """The feeds of `:classify` or `:regress` examples: one row of the model's input each."""
+    with _predict_instead(verb):
+        spec = row_input(t)
     examples = req.get("examples")
     if not isinstance(examples, list) or not examples:
         raise BadRequest("'examples' must be a non-empty list of objects {feature: value}")
@@ -196,14 +195,14 @@ def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict
         context = {}
     if not isinstance(context, dict):
         raise BadRequest("'context' must be an object {feature: value}")
+    name, width = spec.name, spec.width
     hint = (
         f"send each example as {{'f0': .., ..., 'f{width - 1}': ..}} (the input's {width} "
         f"columns in order) or as {{{name!r}: row}}"
         if width is not None
         else f"send each example as {{'f0': .., 'f1': .., ...}} or as {{{name!r}: row}}"
     )
-    flat: list[Any] = []
-    row_len: int | None = None
+    rows = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict):
             raise BadRequest(f"example {i} is not an object {{feature: value}}")
@@ -212,21 +211,8 @@ def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict
             raise InvalidInput(
                 f"feature {both[0]!r} is in both 'context' and example {i}; give it once"
             )
-        features = {**context, **example}
-        row = _example_row(name, features, i, limit, hint)
-        if width is not None and len(row) != width:
-            raise InvalidInput(
-                f"example {i} has {len(row)} values; input {name!r} {shape} needs {width} "
-                f"per row: {hint}"
-            )
-        if row_len is not None and len(row) != row_len:
-            raise ragged(name)
-        row_len = len(row)
-        flat.extend(row)
-        element_count(name, [len(flat)], limit)
-    full = [len(examples), *(row_shape if width is not None else [row_len or 0])]
-    element_count(name, full, limit)
-    return {name: json_array(name, spec.get("datatype"), flat, full, TF_JSON)}
+        rows.append(_example_row(name, {**context, **example}, i, limit, hint))
+    return row_feeds(spec, rows, limit, TF_JSON, hint, what="example")
 
 
 def _example_row(name: str, features: dict[str, Any], i: int, limit: int, hint: str) -> list[Any]:
@@ -257,81 +243,23 @@ def _example_row(name: str, features: dict[str, Any], i: int, limit: int, hint: 
     raise InvalidInput(f"example {i} has features {shown}, which do not map onto the model: {hint}")
 
 
-def _score_output(t: Target) -> dict[str, Any]:
-    outs = t.signature.get("outputs", [])
-    found = [
-        o
-        for o in outs
-        if o.get("datatype") in FLOAT_TYPES
-        and isinstance(o.get("shape"), list)
-        and len(o["shape"]) == 2
-    ]
-    if len(found) > 1:
-        found = [o for o in found if o.get("name") in SCORE_NAMES][:1]
-    if len(found) != 1:
-        described = ", ".join(f"{o['name']}: {o['datatype']} {o['shape']}" for o in outs)
-        raise BadRequest(
-            f"model {t.model!r}: :classify needs one float score output of shape [-1, K]; "
-            f"the model's outputs are {described}; use :predict"
-        )
-    chosen: dict[str, Any] = found[0]
-    return chosen
-
-
-def _regress_output(t: Target) -> dict[str, Any]:
-    outs = t.signature.get("outputs", [])
-    spec: dict[str, Any] | None = outs[0] if len(outs) == 1 else None
-    shape = spec.get("shape") if spec else None
-    if (
-        spec is None
-        or spec.get("datatype") in ("BYTES", "BOOL")
-        or (
-            isinstance(shape, list)
-            and (not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] not in (1, -1)))
-        )
-    ):
-        described = ", ".join(f"{o['name']}: {o['datatype']} {o['shape']}" for o in outs)
-        raise BadRequest(
-            f"model {t.model!r}: :regress needs exactly one numeric output with one value per "
-            f"row; the model's outputs are {described}; use :predict"
-        )
-    return spec
-
-
-def _rows(t: Target, name: str, arr: np.ndarray, batch: int) -> np.ndarray:
-    if arr.ndim == 0 or arr.shape[0] != batch:
-        raise BadRequest(
-            f"model {t.model!r} returned {name!r} with shape {list(arr.shape)}, not one row "
-            f"per example ({batch}); use :predict"
-        )
-    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
-        arr = arr.astype(np.float32)
-    return arr.reshape(batch, -1)
-
-
 def _regress_results(
     t: Target, outputs: dict[str, np.ndarray], batch: int, budget: AnswerBudget
 ) -> orjson.Fragment:
-    name = str(_regress_output(t)["name"])
-    values = _rows(t, name, outputs[name], batch)
-    if values.shape[1] != 1:
-        raise BadRequest(
-            f"model {t.model!r} returned {values.shape[1]} values per row in {name!r}; "
-            ":regress needs one; use :predict"
-        )
-    return budget.array(values[:, 0], tf_json(name))
+    with _predict_instead("regress"):
+        values = regression_values(t, outputs, batch)
+    return budget.array(values, tf_json(regression_output(t)))
 
 
 def _classify_results(
     t: Target, outputs: dict[str, np.ndarray], batch: int, budget: AnswerBudget
 ) -> list[orjson.Fragment]:
-    name = str(_score_output(t)["name"])
-    scores = _rows(t, name, outputs[name], batch)
+    with _predict_instead("classify"):
+        scores = class_scores(t, outputs, batch)
     k = scores.shape[1]
-    labels = t.signature.get("labels")
-    if not (isinstance(labels, list) and len(labels) == k):
-        labels = [""] if k == 1 else [str(j) for j in range(k)]
-    return [budget.array(row, _labelled([str(x) for x in labels])) for row in scores]
+    # a bare score column is labelled "", as TF-Serving answers; else "0".."K-1"
+    labels = class_labels(t, k) or ([""] if k == 1 else [str(j) for j in range(k)])
+    return [budget.array(row, _labelled(labels)) for row in scores]
 
 
 # encoding -----------------------------------------------------------------------------------
