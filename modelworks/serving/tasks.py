@@ -259,3 +259,46 @@ def row_feeds(
     full = [len(rows), *(spec.row_shape if spec.width is not None else [row_len or 0])]
     element_count(spec.name, full, limit)
     return {spec.name: json_array(spec.name, spec.datatype, flat, full, rules)}
+
+
+# named columns ----------------------------------------------------------------------------
+def column_inputs(t: Target) -> list[dict[str, Any]] | None:
+    """The inputs of a model that takes one input per column (each of shape [-1], as the
+    tabular recipes export them), else None."""
+    inputs = list(t.signature.get("inputs", []))
+    if inputs and all(isinstance(i.get("shape"), list) and len(i["shape"]) == 1 for i in inputs):
+        return inputs
+    return None
+
+
+def column_feeds(
+    inputs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    limit: int,
+    rules: JsonRules,
+    what: str = "row",
+) -> dict[str, np.ndarray]:
+    """The feeds of rows given as `{column: value}` for a model with one input per column:
+    one [n] tensor per column. A missing or unknown column is an error naming the columns."""
+    names = [str(i["name"]) for i in inputs]
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    for i, row in enumerate(rows):
+        missing = [n for n in names if n not in row]
+        unknown = sorted(k for k in row if k not in columns)
+        if missing or unknown:
+            problem = f"lacks {missing[:6]}" if missing else f"has unknown columns {unknown[:6]}"
+            raise InvalidInput(f"{what} {i} {problem}; the model's columns are {names}")
+        for n in names:
+            value = row[n]
+            if isinstance(value, list):
+                if len(value) != 1 or isinstance(value[0], list):
+                    raise InvalidInput(f"{what} {i}: column {n!r} must be one value")
+                value = value[0]
+            columns[n].append(value)
+        element_count(names[0], [(i + 1) * len(names)], limit)
+    return {
+        str(spec["name"]): json_array(
+            str(spec["name"]), spec.get("datatype"), columns[str(spec["name"])], [len(rows)], rules
+        )
+        for spec in inputs
+    }

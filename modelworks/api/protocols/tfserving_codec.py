@@ -52,6 +52,8 @@ from modelworks.serving.tasks import (
     REGRESS_TASKS,
     class_labels,
     class_scores,
+    column_feeds,
+    column_inputs,
     describe_inputs,
     regression_output,
     regression_values,
@@ -184,9 +186,9 @@ def check_task(t: Target, verb: str) -> None:
 
 
 def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict[str, np.ndarray]:
-    """The feeds of `:classify` or `:regress` examples: one row of the model's input each."""
-    with _predict_instead(verb):
-        spec = row_input(t)
+    """The feeds of `:classify` or `:regress` examples: one row of the model's input each,
+    or, for a model with one input per column, one value of each input (`{column: value}`)."""
+    columns = column_inputs(t)
     examples = req.get("examples")
     if not isinstance(examples, list) or not examples:
         raise BadRequest("'examples' must be a non-empty list of objects {feature: value}")
@@ -195,6 +197,11 @@ def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict
         context = {}
     if not isinstance(context, dict):
         raise BadRequest("'context' must be an object {feature: value}")
+    if columns is not None and len(columns) > 1:
+        named = [_with_context(example, context, i) for i, example in enumerate(examples)]
+        return column_feeds(columns, named, limit, TF_JSON, what="example")
+    with _predict_instead(verb):
+        spec = row_input(t)
     name, width = spec.name, spec.width
     hint = (
         f"send each example as {{'f0': .., ..., 'f{width - 1}': ..}} (the input's {width} "
@@ -202,17 +209,22 @@ def example_feeds(t: Target, req: dict[str, Any], limit: int, verb: str) -> dict
         if width is not None
         else f"send each example as {{'f0': .., 'f1': .., ...}} or as {{{name!r}: row}}"
     )
-    rows = []
-    for i, example in enumerate(examples):
-        if not isinstance(example, dict):
-            raise BadRequest(f"example {i} is not an object {{feature: value}}")
-        both = sorted(set(example) & set(context))
-        if both:
-            raise InvalidInput(
-                f"feature {both[0]!r} is in both 'context' and example {i}; give it once"
-            )
-        rows.append(_example_row(name, {**context, **example}, i, limit, hint))
+    rows = [
+        _example_row(name, _with_context(example, context, i), i, limit, hint)
+        for i, example in enumerate(examples)
+    ]
     return row_feeds(spec, rows, limit, TF_JSON, hint, what="example")
+
+
+def _with_context(example: Any, context: dict[str, Any], i: int) -> dict[str, Any]:
+    if not isinstance(example, dict):
+        raise BadRequest(f"example {i} is not an object {{feature: value}}")
+    both = sorted(set(example) & set(context))
+    if both:
+        raise InvalidInput(
+            f"feature {both[0]!r} is in both 'context' and example {i}; give it once"
+        )
+    return {**context, **example}
 
 
 def _example_row(name: str, features: dict[str, Any], i: int, limit: int, hint: str) -> list[Any]:
