@@ -25,6 +25,7 @@ from modelworks.commands.common import (
     handled,
     out,
 )
+from modelworks.commands.datasets import datasets_app
 from modelworks.commands.jobs import jobs_app
 from modelworks.commands.keys import keys_app
 from modelworks.commands.models import models_app
@@ -43,6 +44,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")

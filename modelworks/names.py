@@ -55,6 +55,15 @@ class AliasName(str):
         return super().__new__(cls, value)
 
 
+class DatasetName(str):
+    """A dataset name: the rule of model names."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> DatasetName:
+        return super().__new__(cls, _check("dataset", value))
+
+
 class ProjectName(str):
     __slots__ = ()
 

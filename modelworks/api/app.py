@@ -15,7 +15,18 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import PlainTextResponse
 
 from modelworks import __version__
-from modelworks.api import audit, docs, errors, health, jobs, keys, models, projects, usage
+from modelworks.api import (
+    audit,
+    datasets,
+    docs,
+    errors,
+    health,
+    jobs,
+    keys,
+    models,
+    projects,
+    usage,
+)
 from modelworks.api.auth import require
 from modelworks.api.encoding import Compress
 from modelworks.api.limits import BodyLimit
@@ -72,7 +83,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    for module in (health, models, keys, projects, usage, audit, jobs, v2, openai, hf, tfserving):
+    routers = (health, models, datasets, keys, projects, usage, audit, jobs)
+    for module in (*routers, v2, openai, hf, tfserving):
         app.include_router(module.router)
     # the protocol routes, declared once on their routers: FastAPI documents them, Dispatch
     # (modelworks.api.routing) serves them

@@ -33,7 +33,8 @@ from modelworks.settings import Settings
 
 MANAGEMENT_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
-_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
+# uploads, whose handlers cap the file themselves (MODELWORKS_MAX_UPLOAD_BYTES)
+_UPLOAD = re.compile(r"^/api/v1/(models/[^/]+/versions|datasets)/?$")
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 _BIG_EXPONENT = re.compile(r"[eE][+-]?0*[0-9]{3}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -16,6 +16,7 @@ from modelworks.db import make_engine, make_sessionmaker
 from modelworks.jobs.kinds import WorkerContext, job_queue
 from modelworks.jobs.queue import JobQueue
 from modelworks.registry import Registry
+from modelworks.registry.datasets import Datasets
 from modelworks.runtimes.onnx import cap_memory
 from modelworks.serving.engine import Engine as ServingEngine
 from modelworks.serving.pool import ModelPool
@@ -32,6 +33,7 @@ class Services:
     sessions: sessionmaker[Session]
     store: ArtifactStore
     registry: Registry
+    datasets: Datasets
     keys: KeyService
     audit: AuditLog
     pool: ModelPool
@@ -65,6 +67,7 @@ class Services:
             sessions=sessions,
             store=store,
             registry=registry,
+            datasets=Datasets(sessions, store, registry.collect),
             keys=KeyService(sessions),
             audit=AuditLog(sessions),
             pool=pool,

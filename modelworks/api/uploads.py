@@ -51,9 +51,12 @@ class ReceivedForm:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-async def receive_file(request: Request, upload: Upload, file_field: str = "file") -> ReceivedForm:
-    """Read a multipart body; the `file_field` part is written into `upload`."""
-    boundary = _boundary(request.headers.get("content-type", ""))
+async def receive_file(
+    request: Request, upload: Upload, file_field: str = "file", example: str = "model.onnx"
+) -> ReceivedForm:
+    """Read a multipart body; the `file_field` part is written into `upload`. `example` is
+    the file name the error messages show in their curl command."""
+    boundary = _boundary(request.headers.get("content-type", ""), example)
     declared = request.headers.get("content-length")
     limit = upload.max_bytes + MULTIPART_OVERHEAD
     if declared and declared.isdigit() and int(declared) > limit:
@@ -83,20 +86,19 @@ async def receive_file(request: Request, upload: Upload, file_field: str = "file
     form = reader.form
     if not form.file_seen:
         raise ValidationFailed(
-            f"the multipart field '{file_field}' is required (curl -F {file_field}=@model.onnx)"
+            f"the multipart field '{file_field}' is required (curl -F {file_field}=@{example})"
         )
     if upload.size == 0:
         raise ValidationFailed("the uploaded file is empty")
     return form
 
 
-def _boundary(content_type: str) -> bytes:
+def _boundary(content_type: str, example: str = "model.onnx") -> bytes:
     """The body's boundary, checked against RFC 2046 before a parser sees it."""
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data":
         raise UnsupportedFormat(
-            "send the model as multipart/form-data with the file in the field 'file' "
-            "(curl -F file=@model.onnx …)"
+            f"send the file as multipart/form-data in the field 'file' (curl -F file=@{example} …)"
         )
     boundary = {k.lower(): v for k, v in params.items()}.get(b"boundary", b"")
     if not boundary:

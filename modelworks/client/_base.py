@@ -257,6 +257,66 @@ class Endpoints:
     def list_versions(self, name: str) -> Any:
         return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions"))
 
+    # datasets ----------------------------------------------------------------------------
+    def push_dataset(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        label: str | None = None,
+        entity: str | None = None,
+        time: str | None = None,
+        description: str = "",
+        progress: Progress | None = None,
+    ) -> Any:
+        """Upload a data set as the next version of dataset `name` (created on its first
+        upload); returns the version with its profile (rows, column types, label, classes).
+
+        `path` is a CSV, Parquet or JSON Lines file, a zip of image folders (one folder per
+        class), or such a folder itself (zipped to a temporary file first). `label` names the
+        label column (else one named label, target, class or y); `entity` and `time` name a
+        time series' machine and time columns."""
+        wrapped = _ProgressFile(Path(path), progress)
+        fields = {"name": name, "label": label, "entity": entity, "time": time}
+        data = {k: v for k, v in fields.items() if v is not None}
+        if description:
+            data["description"] = description
+        return self._execute(
+            Call(
+                "POST",
+                "/api/v1/datasets",
+                files={"file": (wrapped.name, wrapped, "application/octet-stream")},
+                data=data,
+                timeout=UPLOAD_TIMEOUT,
+                prepare=wrapped.open,
+                on_done=wrapped.close,
+            )
+        )
+
+    def list_datasets(self) -> Any:
+        return self._execute(Call("GET", "/api/v1/datasets"))
+
+    def get_dataset(self, name: str, version: int | None = None) -> Any:
+        """The dataset with its versions; with `version`, that version with its profile."""
+        path = f"/api/v1/datasets/{_seg(name)}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return self._execute(Call("GET", path))
+
+    def preview_dataset(self, name: str, version: int | None = None, rows: int = 20) -> Any:
+        """`{"columns": [...], "rows": [[...], ...]}`: the first rows (of the latest version)."""
+        path = f"/api/v1/datasets/{_seg(name)}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return self._execute(Call("GET", f"{path}/preview", params={"rows": rows}))
+
+    def delete_dataset(self, name: str, version: int | None = None) -> Any:
+        """Delete a dataset with every version, or only `version`."""
+        path = f"/api/v1/datasets/{_seg(name)}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return self._execute(Call("DELETE", path))
+
     def get_version(self, name: str, version: int) -> Any:
         return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions/{int(version)}"))
 

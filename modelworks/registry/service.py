@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from modelworks.db.tables import Alias, Model, ModelVersion, Project
+from modelworks.db.tables import Alias, DatasetVersion, Model, ModelVersion, Project
 from modelworks.errors import Conflict, NotFound, ValidationFailed
 from modelworks.names import AliasName, ModelName, VersionNumber, parse_selector
 from modelworks.store import ArtifactStore, Blob
@@ -179,10 +179,16 @@ class Registry:
         return self._collect(digests)
 
     def _collect(self, digests: set[str]) -> list[str]:
+        return self.collect(digests)
+
+    def collect(self, digests: set[str]) -> list[str]:
+        """Delete the blobs of `digests` that no model version, derived artifact or dataset
+        version uses any more; returns those deleted."""
         freed = []
         with self.sessions() as s:
             for d in sorted(digests):
                 used = s.scalar(select(func.count()).where(ModelVersion.digest == d))
+                used = used or s.scalar(select(func.count()).where(DatasetVersion.digest == d))
                 if used == 0 and not self._used_as_artifact(s, d):
                     self.store.delete(d)
                     freed.append(d)
@@ -394,3 +400,60 @@ class Registry:
         # derived artifacts live in a JSON column; few versions have any, so scan those
         rows = s.scalars(select(ModelVersion.artifacts).where(ModelVersion.format != "onnx"))
         return any(a.get("digest") == digest for arts in rows for a in (arts or {}).values())
+
+
+def register_in(
+    s: Session,
+    project_id: int,
+    name: str,
+    blob: Blob,
+    *,
+    task: str,
+    format: str,
+    signature: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
+    artifacts: dict[str, Any] | None = None,
+    description: str = "",
+    created_by: str = "",
+    alias: str | None = None,
+) -> ModelVersion:
+    """Within `s` (e.g. the transaction that marks a training job succeeded, so there is
+    exactly one version per job): create model `name` with `task` if it does not exist, add
+    `blob` as its next version, and point `alias` at it when given."""
+    name = ModelName(name)
+    m = s.scalar(select(Model).where(Model.project_id == project_id, Model.name == name))
+    if m is None:
+        m = Model(project_id=project_id, name=name, task=check_task(task), created_by=created_by)
+        s.add(m)
+        s.flush()
+    elif m.task != task:
+        raise Conflict(
+            f"model {name!r} has task {m.task!r}, not {task!r}; register under another name",
+            details={"model": name},
+        )
+    last = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == m.id))
+    v = ModelVersion(
+        model_id=m.id,
+        version=(last or 0) + 1,
+        format=format,
+        digest=blob.digest,
+        size=blob.size,
+        signature=signature,
+        description=description,
+        created_by=created_by,
+        metrics=metrics or {},
+        lineage=lineage or {},
+        artifacts=artifacts or {},
+        status="ready",
+    )
+    s.add(v)
+    s.flush()
+    if alias is not None:
+        a = s.scalar(select(Alias).where(Alias.model_id == m.id, Alias.name == AliasName(alias)))
+        if a is None:
+            s.add(Alias(model_id=m.id, name=alias, version_id=v.id))
+        else:
+            a.version_id = v.id
+        s.flush()
+    return v
