@@ -31,6 +31,7 @@ from modelworks.commands.keys import keys_app
 from modelworks.commands.models import models_app
 from modelworks.commands.projects import audit, csv_cell, projects_app, usage
 from modelworks.commands.settings import is_loopback, settings_from
+from modelworks.commands.train import train
 from modelworks.commands.worker import start_workers, stop_workers, worker
 from modelworks.quiet import confine
 
@@ -52,6 +53,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command()(usage)
 app.command()(audit)
 app.command()(worker)
+app.command()(train)
 
 
 @app.command()

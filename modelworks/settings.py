@@ -66,6 +66,15 @@ class Settings(BaseSettings):
             "`modelworks worker` elsewhere)."
         ),
     )
+    max_train_workers: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "Most data-parallel ranks one training job may ask for (`workers`); each rank "
+            "gets the cores divided by the ranks."
+        ),
+    )
     job_lease_s: float = Field(
         30.0,
         ge=1.0,

@@ -23,7 +23,7 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -146,6 +146,57 @@ async def list_jobs(
         return shown
 
     return [JobOut.of(j) for j in await to_thread.run_sync(page)]
+
+
+class JobCreate(BaseModel):
+    """A job to run. Kind `train`: `recipe`, `dataset` (NAME or NAME:VERSION), `target` (the
+    column to predict; default the dataset's label), `model` (registered under this name,
+    created if new), `params` (the recipe's; see the README), `workers` (data-parallel ranks),
+    `promote_to` and `promote_if` (move that alias when the test metrics hold, e.g.
+    `{"accuracy": ">=0.9"}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(max_length=32)
+    recipe: str | None = Field(None, max_length=64)
+    dataset: str | None = Field(None, max_length=140)
+    target: str | None = Field(None, max_length=256)
+    model: str | None = Field(None, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    workers: StrictInt = 1
+    promote_to: str | None = Field(None, max_length=200)
+    promote_if: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+
+SUBMITTABLE = ("train",)
+
+
+@router.post("/jobs", status_code=201, response_model=JobOut)
+async def submit_job(
+    body: JobCreate, request: Request, p: Principal = Depends(require("write"))
+) -> JobOut:
+    """Submit a job (kind `train`); everything that can be checked is checked now, so a bad
+    request is a 422 here rather than a failed job later. Follow it with
+    `GET /api/v1/jobs/{id}/events`."""
+    from modelworks.jobs.train import KIND, submit_params
+
+    if body.kind not in SUBMITTABLE:
+        raise ValidationFailed(
+            f"unknown job kind {body.kind!r}; submit one of {', '.join(SUBMITTABLE)} "
+            "(exports are queued by uploads themselves)"
+        )
+    svc = services(request)
+    fields = body.model_dump(exclude_unset=True)
+    params = await to_thread.run_sync(
+        submit_params, fields, p, svc.registry, svc.datasets, svc.settings
+    )
+    job = await to_thread.run_sync(
+        partial(svc.jobs.enqueue, p.project_id, KIND, params, created_by=p.prefix)
+    )
+    await to_thread.run_sync(
+        partial(audit_action, request, p, "job.submit", f"job:{job.id}", kind=KIND)
+    )
+    return JobOut.of(job)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

@@ -257,6 +257,34 @@ class Endpoints:
     def list_versions(self, name: str) -> Any:
         return self._execute(Call("GET", f"/api/v1/models/{_seg(name)}/versions"))
 
+    # training ----------------------------------------------------------------------------
+    def train(
+        self,
+        recipe: str,
+        *,
+        dataset: str,
+        model: str,
+        target: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        workers: int = 1,
+        promote_to: str | None = None,
+        promote_if: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Submit a training job; returns the job (follow it with `client.jobs.follow(id)`).
+
+        `dataset` is NAME or NAME:VERSION; the new version registers under `model` (created
+        if new); `promote_if` (e.g. `{"accuracy": ">=0.9"}`) decides whether `promote_to`
+        moves to it."""
+        body: dict[str, Any] = {"kind": "train", "recipe": recipe, "dataset": dataset}
+        body.update(model=model, params=dict(params or {}), workers=workers)
+        if target is not None:
+            body["target"] = target
+        if promote_to is not None:
+            body["promote_to"] = promote_to
+        if promote_if:
+            body["promote_if"] = dict(promote_if)
+        return self._execute(Call("POST", "/api/v1/jobs", json=body))
+
     # datasets ----------------------------------------------------------------------------
     def push_dataset(
         self,

@@ -246,25 +246,30 @@ def jobs_follow(
     """Follow a job until it ends: a progress bar with its latest metrics, its log lines and
     status changes. Exit status 0 when it succeeded, 1 when it failed or was cancelled.
     With --json: one event per line."""
-    final: dict[str, Any] = {}
     with handled():
-        events = client(url, api_key).jobs.follow(job_id)
-        bar = _Bar(job_id, show=not as_json and err.is_terminal)
-        try:
-            with bar.progress:
-                for event in events:
-                    if as_json:
-                        print(json.dumps(event, separators=(",", ":")), flush=True)
-                    else:
-                        bar.event(event)
-                    if event["type"] == "status":
-                        final = event["data"]
-        except KeyboardInterrupt:
-            err.print(
-                f"stopped following job {job_id}; it keeps running "
-                f"(`modelworks jobs cancel {job_id}` stops it)"
-            )
-            raise typer.Exit(130) from None
+        follow(client(url, api_key), job_id, as_json)
+
+
+def follow(c: Any, job_id: int, as_json: bool) -> None:
+    """Follow job `job_id` to its end (see `jobs follow`); exit status 1 unless it succeeded."""
+    final: dict[str, Any] = {}
+    events = c.jobs.follow(job_id)
+    bar = _Bar(job_id, show=not as_json and err.is_terminal)
+    try:
+        with bar.progress:
+            for event in events:
+                if as_json:
+                    print(json.dumps(event, separators=(",", ":")), flush=True)
+                else:
+                    bar.event(event)
+                if event["type"] == "status":
+                    final = event["data"]
+    except KeyboardInterrupt:
+        err.print(
+            f"stopped following job {job_id}; it keeps running "
+            f"(`modelworks jobs cancel {job_id}` stops it)"
+        )
+        raise typer.Exit(130) from None
     status = final.get("status")
     if status not in ("succeeded", "failed", "cancelled"):
         fail(

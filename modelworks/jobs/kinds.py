@@ -73,6 +73,7 @@ def job_queue(sessions: sessionmaker[Session], settings: Settings) -> JobQueue:
 def registered() -> dict[str, JobKind]:
     """Every job kind this installation runs, by name."""
     from modelworks.jobs.export import ExportKind
+    from modelworks.jobs.train import TrainKind
 
-    kinds: list[JobKind] = [ExportKind()]
+    kinds: list[JobKind] = [ExportKind(), TrainKind()]
     return {k.name: k for k in kinds}
