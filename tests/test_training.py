@@ -362,6 +362,7 @@ def test_cli_train_follow(
 # across real processes ---------------------------------------------------------------------
 EPOCHS = 40
 
+
 def _long_job(inst: Any, tmp_path: Path, model: str) -> int:
     data = tmp_path / "sensors.csv"
     sensor_frame(3000).to_csv(data, index=False)
