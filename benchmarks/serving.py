@@ -165,11 +165,13 @@ def maps_torch(pid: int) -> bool:
 class Process:
     """A child process with its stderr in a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, stdout: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, stdout: Path, cwd: Path = REPO
+    ) -> None:
         self.log = log
         self.stdout_path = stdout
         with open(log, "ab") as err, open(stdout, "ab") as out:
-            self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=err)
         self.pid = self.proc.pid
 
     def wait_http(self, url: str, timeout: float) -> None:
@@ -198,15 +200,21 @@ class Process:
                 self.proc.wait()
 
 
-def start_modelworks(home: Path, tmp: Path, key: str | None) -> tuple[Process, str, str]:
+def start_modelworks(
+    home: Path, tmp: Path, key: str | None, source: Path = REPO
+) -> tuple[Process, str, str]:
+    """`modelworks serve --demo` from the checkout at `source` (this one by default)."""
     port = free_port()
     env = {**os.environ, "MODELWORKS_HOME": str(home), "MODELWORKS_LOG_LEVEL": "warning"}
+    if source != REPO:  # `python -m` puts the working folder first on sys.path
+        env["PYTHONPATH"] = str(source)
     out = tmp / f"serve-{port}.out"
     proc = Process(
         [sys.executable, "-m", "modelworks", "serve", "--demo", "--port", str(port)],
         env,
-        tmp / "serve.log",
+        tmp / f"serve-{port}.log",
         out,
+        cwd=source,
     )
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{url}/readyz", timeout=600)  # the first start exports minilm (~15 s)

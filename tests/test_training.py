@@ -457,3 +457,115 @@ def test_a_cancelled_training_stops_within_seconds_and_registers_nothing(tmp_pat
         assert inst.http.get("/api/v1/models/press").status_code == 404
     finally:
         inst.close()
+
+
+# sequences ----------------------------------------------------------------------------------
+def wear_series(machines: int = 12, steps: int = 120) -> pd.DataFrame:
+    """Machines wearing out: vibration and temperature creep up with wear; a machine fails
+    in its last 30 steps (`label`) and has `rul` steps of useful life left."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for m in range(machines):
+        wear = 0.0
+        for t in range(steps):
+            wear += rng.uniform(0, 1)
+            rows.append(
+                {
+                    "machine": f"m{m}",
+                    "t": t,
+                    "vibration": 0.02 * wear + rng.normal(0, 0.3),
+                    "temperature": 50 + 0.1 * wear + rng.normal(0, 1),
+                    "rul": steps - t,
+                    "label": "fail" if t >= steps - 30 else "ok",
+                }
+            )
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # the recipe orders them
+
+
+SEQ = {
+    "window": 10,
+    "stride": 2,
+    "hidden_size": 16,
+    "epochs": 8,
+    "validation_fraction": 0.2,
+    "test_fraction": 0.2,
+}
+
+
+def run_sequence(
+    tmp: Path, recipe: str, target: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    data = tmp / "series.csv"
+    other = "rul" if target == "label" else "label"  # the other target would leak the answer
+    wear_series().drop(columns=other).to_csv(data, index=False)
+    chosen = {k: v for k, v in PARAMS.items() if k not in ("hidden", "max_categories")}
+    params = check_params(RECIPES[recipe], {**chosen, **SEQ})  # as the server fills them
+    spec = {
+        "recipe": recipe,
+        "data": str(data),
+        "format": "csv",
+        "target": target,
+        "group": "machine",
+        "time": "t",
+        "checkpoint_dir": str(tmp / f"ck-{recipe}"),
+        "params": params,
+    }
+    (tmp / f"{recipe}.json").write_text(json.dumps(spec))
+    out = tmp / f"out-{recipe}"
+    argv = [sys.executable, "-m", "modelworks.recipes.train", str(tmp / f"{recipe}.json"), str(out)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300), out
+
+
+def test_sequence_classification_splits_by_machine(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    proc, out = run_sequence(tmp_path, "sequence-classification", "label")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = report(out)
+    assert r["metrics"]["accuracy"] >= 0.85 and r["labels"] == ["fail", "ok"]
+    assert r["machines"] == {"train": 8, "validation": 2, "test": 2}
+    assert r["features"] == ["vibration", "temperature"] and r["onnx_max_abs_diff"] <= 1e-4
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (window,) = session.get_inputs()
+    assert window.name == "window" and window.shape[2] == 2
+    worn = np.array([[[3.0, 62.0]] * 25, [[0.0, 50.0]] * 25], dtype=np.float32)  # 25 steps
+    worn[1, 3, 0] = np.nan  # a dropped reading
+    label, _ = session.run(["label", "probabilities"], {"window": worn})
+    assert list(label) == ["fail", "ok"]
+
+
+def test_sequence_regression_predicts_remaining_life(tmp_path: Path) -> None:
+    proc, out = run_sequence(tmp_path, "sequence-regression", "rul")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report(out)["metrics"]["r2"] > 0.8
+
+
+def test_a_sequence_job_needs_a_time_series(http: httpx.Client, services: Services) -> None:
+    csv = wear_series(machines=6, steps=40).to_csv(index=False).encode()
+    r = http.post("/api/v1/datasets", files={"file": ("s.csv", csv)}, data={"name": "flat"})
+    assert r.status_code == 201
+    r = submit(http, recipe="sequence-classification", dataset="flat", model="m")
+    assert r.status_code == 422 and "--entity COLUMN --time COLUMN" in r.text
+    r = http.post(
+        "/api/v1/datasets",
+        files={"file": ("s.csv", csv)},
+        data={"name": "series", "entity": "machine", "time": "t"},
+    )
+    assert r.status_code == 201 and r.json()["profile"]["entities"] == 6
+    r = submit(
+        http,
+        recipe="sequence-classification",
+        dataset="series",
+        model="press-rul",
+        params={"window": 8, "epochs": 2, "cell": "lstm"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["params"]["group"] == "machine" and r.json()["params"]["time"] == "t"
+    r = submit(
+        http,
+        recipe="sequence-classification",
+        dataset="series",
+        model="m2",
+        params={"cell": "transformer"},
+    )
+    assert r.status_code == 422 and "gru, lstm" in r.text

@@ -13,13 +13,21 @@ from modelworks.errors import ValidationFailed
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # int | float | list[int]
+    kind: str  # int | float | list[int] | choice
     default: Any
-    low: float
-    high: float
+    low: float = 0
+    high: float = 0
     help: str = ""
+    choices: tuple[str, ...] = ()
 
     def check(self, value: Any) -> Any:
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValidationFailed(
+                    f"parameter {self.name!r} must be one of {', '.join(self.choices)}; "
+                    f"got {str(value)[:40]!r}"
+                )
+            return value
         rng = f"from {_num(self.low)} to {_num(self.high)}"
         if self.kind == "list[int]":
             if (
@@ -65,20 +73,32 @@ class Recipe:
     params: tuple[Param, ...]
     metric: str  # the validation metric early stopping watches
     higher_is_better: bool
+    needs_series: bool = False  # a time series: the dataset names its entity and time columns
 
 
-TABULAR_PARAMS = (
+COMMON_PARAMS = (
     Param("epochs", "int", 30, 1, 500, "passes over the training split"),
     Param("batch_size", "int", 64, 1, 65536, "rows per optimizer step, over all ranks"),
     Param("learning_rate", "float", 1e-3, 1e-6, 1.0, "Adam's step size"),
-    Param("hidden", "list[int]", [64, 64], 1, 4096, "units of each hidden layer"),
     Param("dropout", "float", 0.1, 0.0, 0.9, "dropout after each hidden layer"),
     Param("weight_decay", "float", 0.0, 0.0, 1.0, "Adam's L2 penalty"),
     Param("patience", "int", 5, 1, 100, "epochs without a better validation metric to stop"),
     Param("seed", "int", 0, 0, 2**31 - 1, "seeds the split, the weights and the batches"),
     Param("validation_fraction", "float", 0.1, 0.05, 0.5, "share of rows for validation"),
     Param("test_fraction", "float", 0.1, 0.05, 0.5, "share of rows for the test report"),
+)
+TABULAR_PARAMS = (
+    *COMMON_PARAMS,
+    Param("hidden", "list[int]", [64, 64], 1, 4096, "units of each hidden layer"),
     Param("max_categories", "int", 100, 2, 10000, "a text column's most frequent values kept"),
+)
+SEQUENCE_PARAMS = (
+    *COMMON_PARAMS,
+    Param("window", "int", 16, 2, 1024, "time steps per window"),
+    Param("stride", "int", 1, 1, 1024, "steps between the starts of two windows"),
+    Param("hidden_size", "int", 32, 4, 1024, "units of the recurrent layers"),
+    Param("layers", "int", 1, 1, 4, "stacked recurrent layers"),
+    Param("cell", "choice", "gru", choices=("gru", "lstm")),
 )
 
 RECIPES = {
@@ -101,6 +121,26 @@ RECIPES = {
             TABULAR_PARAMS,
             "rmse",
             False,
+        ),
+        Recipe(
+            "sequence-classification",
+            "sequence-classification",
+            True,
+            ("csv", "parquet"),
+            SEQUENCE_PARAMS,
+            "macro_f1",
+            True,
+            needs_series=True,
+        ),
+        Recipe(
+            "sequence-regression",
+            "sequence-regression",
+            True,
+            ("csv", "parquet"),
+            SEQUENCE_PARAMS,
+            "rmse",
+            False,
+            needs_series=True,
         ),
     )
 }

@@ -41,9 +41,13 @@ if TYPE_CHECKING:
 
 KIND = "train"
 TRAIN_TIMEOUT_S = 24 * 3600.0
+CLASSIFIER_METRICS = ("accuracy", "macro_f1", "roc_auc")
+REGRESSOR_METRICS = ("rmse", "mae", "r2")
 TASK_METRICS = {
-    "tabular-classification": ("accuracy", "macro_f1", "roc_auc"),
-    "tabular-regression": ("rmse", "mae", "r2"),
+    "tabular-classification": CLASSIFIER_METRICS,
+    "tabular-regression": REGRESSOR_METRICS,
+    "sequence-classification": CLASSIFIER_METRICS,
+    "sequence-regression": REGRESSOR_METRICS,
 }
 _CONDITION = re.compile(r"\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
@@ -121,6 +125,11 @@ def submit_params(
                 f"dataset {name}:{version.version} has no column {target[:64]!r}; its columns "
                 f"are {', '.join(columns[:20])}"
             )
+    if recipe.needs_series and not (profile.get("entity") and profile.get("time")):
+        raise ValidationFailed(
+            f"recipe {recipe.name!r} trains on a time series: upload the dataset naming its "
+            "machine and time columns (modelworks datasets push … --entity COLUMN --time COLUMN)"
+        )
     model = ModelName(str(body.get("model") or ""))
     if not p.allows_model(model):
         raise Forbidden("this key is limited to other models; ask an owner for a wider key")
@@ -156,6 +165,7 @@ def submit_params(
         },
         "target": target,
         "group": profile.get("entity"),
+        "time": profile.get("time"),
         "params": params,
         "workers": workers,
         "promote_to": promote_to,
@@ -182,6 +192,7 @@ class TrainKind:
             "target": p.get("target"),
             "params": p["params"],
             "group": p.get("group"),
+            "time": p.get("time"),
             "checkpoint_dir": str(checkpoints),
         }
         spec_path = workdir / "spec.json"
@@ -219,6 +230,8 @@ class TrainKind:
         signature = inspect_onnx(out / "model.onnx")
         if report.get("labels"):
             signature["labels"] = report["labels"]
+        if report.get("features"):  # the columns, in the order a window's last axis takes them
+            signature["features"] = report["features"]
         cap = ctx.settings.max_upload_bytes
         onnx_blob = ctx.store.put_file(out / "model.onnx", cap)
         artifacts: dict[str, Any] = {}

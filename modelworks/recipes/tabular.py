@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelworks.jobs.report import emit
-from modelworks.recipes.common import BAD_DATA, LOSS_DIVERGED, Ranks, TrainingFailed
+from modelworks.recipes.common import BAD_DATA, Ranks, TrainingFailed
+from modelworks.recipes.loop import (
+    add_outputs,
+    evaluate,
+    fit,
+    metric_name,
+    parity,
+    predict,
+    seed_everything,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,15 +106,6 @@ def fit_prep(df: pd.DataFrame, features: list[str], max_categories: int) -> Prep
     return prep
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def mlp(width: int, hidden: list[int], dropout: float, out: int) -> torch.nn.Module:
     from torch import nn
 
@@ -123,9 +120,6 @@ def mlp(width: int, hidden: list[int], dropout: float, out: int) -> torch.nn.Mod
 
 # the run ------------------------------------------------------------------------------------
 def train(spec: dict[str, Any], out: Path, ranks: Ranks) -> None:
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
     from modelworks.datasets import load_frame, split
 
     params = spec["params"]
@@ -179,91 +173,40 @@ def train(spec: dict[str, Any], out: Path, ranks: Ranks) -> None:
     seed_everything(params["seed"])
     outputs = len(prep.labels) if prep.labels else 1
     model = mlp(prep.width, params["hidden"], params["dropout"], outputs)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"]
-    )
-    if params["batch_size"] < ranks.world:
-        raise TrainingFailed(
-            f"batch_size {params['batch_size']} is smaller than the {ranks.world} ranks", BAD_DATA
-        )
-    x_train, y_train = sets["train"]
-    dataset = TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train))
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        dataset, num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=params["seed"]
-    )
-    loader = DataLoader(dataset, batch_size=params["batch_size"] // ranks.world, sampler=sampler)
-    net: torch.nn.Module = model
-    if ranks.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    x_val, y_val = sets["validation"]
 
-        net = DistributedDataParallel(model)
-    loss_fn = torch.nn.CrossEntropyLoss() if classify else torch.nn.MSELoss()
+    def validate(m: torch.nn.Module) -> float:
+        scores = evaluate(predict(m, x_val), y_val, classify, prep.y_mean, prep.y_std)
+        return float(scores[metric_name(classify)])
 
-    state = _resume(Path(spec["checkpoint_dir"]), model, opt, lead)
-    epochs, patience = params["epochs"], params["patience"]
-    started = time.monotonic()
-    first_epoch = state["epoch"] + 1
-    for epoch in range(first_epoch, epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        total, seen = 0.0, 0
-        for xb, yb in loader:
-            opt.zero_grad()
-            pred = net(xb)
-            loss = loss_fn(pred, yb) if classify else loss_fn(pred[:, 0], yb)
-            if not torch.isfinite(loss):
-                raise TrainingFailed(
-                    f"the loss became {loss.item()} at epoch {epoch + 1} (step "
-                    f"{state['step'] + 1}); lower learning_rate",
-                    LOSS_DIVERGED,
-                )
-            loss.backward()
-            opt.step()
-            state["step"] += 1
-            total += float(loss.item()) * len(xb)
-            seen += len(xb)
-        metric = _evaluate(model, sets["validation"], prep, classify)[_metric(classify)]
-        better = state["best"] is None or (
-            metric > state["best"] if classify else metric < state["best"]
-        )
-        if better:
-            state.update(best=metric, best_epoch=epoch, bad=0)
-            state["best_state"] = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad"] += 1
-        state["epoch"] = epoch
-        if lead:
-            done = epoch + 1 - first_epoch
-            eta = (time.monotonic() - started) / done * (epochs - epoch - 1)
-            _checkpoint(Path(spec["checkpoint_dir"]), model, opt, state, prep)
-            emit(
-                phase="training",
-                progress=(epoch + 1) / epochs,
-                step=state["step"],
-                metrics={
-                    "epoch": epoch + 1,
-                    "loss": total / max(1, seen),
-                    f"val_{_metric(classify)}": metric,
-                },
-                eta_s=eta,
-                message=f"epoch {epoch + 1}/{epochs}",
-            )
-        if state["bad"] >= patience:
-            break
-    if state.get("best_state") is not None:
-        model.load_state_dict(state["best_state"])
+    fitted = fit(
+        model,
+        *sets["train"],
+        validate,
+        classify=classify,
+        params=params,
+        checkpoint_dir=Path(spec["checkpoint_dir"]),
+        ranks=ranks,
+        extra={"prep": asdict(prep)},
+    )
+    state = fitted.state
     if not lead:
         return
     emit(phase="evaluating", progress=1.0, message="scoring the test split")
+    x_test, y_test = sets["test"]
     report = {
-        "metrics": _evaluate(model, sets["test"], prep, classify, full=True),
-        "validation": _evaluate(model, sets["validation"], prep, classify),
+        "metrics": evaluate(
+            predict(model, x_test), y_test, classify, prep.y_mean, prep.y_std, full=True
+        ),
+        "validation": evaluate(predict(model, x_val), y_val, classify, prep.y_mean, prep.y_std),
         "labels": prep.labels,
         "epochs_run": state["epoch"] + 1,
         "best_epoch": state["best_epoch"] + 1,
         "rows": {k: len(v[0]) for k, v in sets.items()},
         "seed": params["seed"],
         "world_size": ranks.world,
+        "train_seconds": fitted.train_seconds,  # this attempt's epochs
+        "epochs_this_attempt": fitted.epochs_this_attempt,
         "params": params,
         "features": features,
     }
@@ -277,110 +220,6 @@ def train(spec: dict[str, Any], out: Path, ranks: Ranks) -> None:
     config = {"recipe": spec["recipe"], "prep": asdict(prep), "params": params}
     (out / "config.json").write_text(json.dumps(config))
     (out / "report.json").write_text(json.dumps(report, default=float))
-
-
-def _metric(classify: bool) -> str:
-    return "macro_f1" if classify else "rmse"
-
-
-def _evaluate(
-    model: torch.nn.Module,
-    data: tuple[np.ndarray, np.ndarray],
-    prep: Prep,
-    classify: bool,
-    full: bool = False,
-) -> dict[str, Any]:
-    import torch
-    from sklearn import metrics as m
-
-    x, y = data
-    if len(x) == 0:
-        return {}
-    model.eval()
-    with torch.no_grad():
-        raw = model(torch.from_numpy(x)).numpy().astype(np.float64)
-    if not classify:
-        pred = raw[:, 0] * prep.y_std + prep.y_mean
-        true = y.astype(np.float64) * prep.y_std + prep.y_mean
-        out: dict[str, Any] = {
-            "rmse": float(np.sqrt(m.mean_squared_error(true, pred))),
-            "mae": float(m.mean_absolute_error(true, pred)),
-        }
-        if full:
-            out["r2"] = float(m.r2_score(true, pred)) if len(true) > 1 else None
-        return out
-    probs = torch.softmax(torch.from_numpy(raw), dim=1).numpy()
-    pred = probs.argmax(axis=1)
-    k = probs.shape[1]
-    out = {
-        "accuracy": float(m.accuracy_score(y, pred)),
-        "macro_f1": float(m.f1_score(y, pred, average="macro", labels=list(range(k)))),
-    }
-    if full:
-        try:
-            auc = (
-                m.roc_auc_score(y, probs[:, 1])
-                if k == 2
-                else m.roc_auc_score(y, probs, multi_class="ovr", labels=list(range(k)))
-            )
-            out["roc_auc"] = float(auc)
-        except ValueError as exc:  # a class missing from the test split
-            out["roc_auc"] = None
-            out["roc_auc_note"] = str(exc)[:200]
-        out["confusion_matrix"] = m.confusion_matrix(y, pred, labels=list(range(k))).tolist()
-        out["support"] = np.bincount(y, minlength=k).tolist()
-    return out
-
-
-# checkpoints --------------------------------------------------------------------------------
-def _checkpoint(
-    folder: Path, model: torch.nn.Module, opt: Any, state: dict[str, Any], prep: Prep
-) -> None:
-    """Every epoch, written whole then renamed: a run killed mid-write leaves the last one."""
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"epoch-{state['epoch']:05d}.pt"
-    tmp = folder / f".{path.name}.tmp"
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "state": state,
-            "prep": asdict(prep),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-        },
-        tmp,
-    )
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    for old in sorted(folder.glob("epoch-*.pt"))[:-KEEP_CHECKPOINTS]:
-        old.unlink(missing_ok=True)
-
-
-def _resume(folder: Path, model: torch.nn.Module, opt: Any, lead: bool) -> dict[str, Any]:
-    """The newest checkpoint's state, loaded into model and optimizer; a fresh state if none."""
-    import torch
-
-    fresh = {"epoch": -1, "step": 0, "best": None, "best_epoch": 0, "bad": 0, "best_state": None}
-    found = sorted(folder.glob("epoch-*.pt")) if folder.is_dir() else []
-    if not found:
-        return fresh
-    ckpt = torch.load(found[-1], map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    np.random.set_state(ckpt["rng"]["numpy"])
-    random.setstate(ckpt["rng"]["python"])
-    state: dict[str, Any] = ckpt["state"]
-    if lead:
-        emit(message=f"resuming after epoch {state['epoch'] + 1} from its checkpoint")
-    return state
 
 
 # export -------------------------------------------------------------------------------------
@@ -452,41 +291,14 @@ def export(
         ]
         parts.append(f"cat{j}_col")
     pre.append(helper.make_node("Concat", parts, ["features"], axis=1))
-    post: list[Any] = []
-    if classify:
-        assert prep.labels is not None
-        inits.append(numpy_helper.from_array(np.array(prep.labels, dtype=object), "post_labels"))
-        post += [
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-            helper.make_node("ArgMax", ["logits"], ["post_best"], axis=1, keepdims=0),
-            helper.make_node("Gather", ["post_labels", "post_best"], ["label"], axis=0),
-        ]
-        outs = [
-            helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"]),
-            helper.make_tensor_value_info(
-                "probabilities", TensorProto.FLOAT, ["batch", len(prep.labels)]
-            ),
-        ]
-    else:
-        inits += [
-            numpy_helper.from_array(np.array(prep.y_std, dtype=np.float32), "post_std"),
-            numpy_helper.from_array(np.array(prep.y_mean, dtype=np.float32), "post_mean"),
-        ]
-        post += [
-            helper.make_node("Mul", ["logits", "post_std"], ["post_scaled"]),
-            helper.make_node("Add", ["post_scaled", "post_mean"], ["post_value"]),
-            helper.make_node("Squeeze", ["post_value", "pre_axis1"], ["value"]),
-        ]
-        outs = [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"])]
-    nodes = [*pre, *g.node, *post]
+    nodes = [*pre, *g.node]
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(inits)
     kept_inputs = [i for i in g.input if i.name != "features"]
     del g.input[:]
     g.input.extend([*inputs, *kept_inputs])
-    del g.output[:]
-    g.output.extend(outs)
+    add_outputs(graph_model, prep.labels if classify else None, prep.y_mean, prep.y_std)
     graph_model.opset_import.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
     onnx.checker.check_model(graph_model, full_check=True)
     onnx.save(graph_model, str(path))
@@ -497,16 +309,6 @@ def export(
         feeds[name] = numeric_values(rows[name]).astype(np.float32)
     for name, _ in prep.categorical:
         feeds[name] = np.array(text_values(rows[name]), dtype=object)
-    with torch.no_grad():
-        raw = model(torch.from_numpy(prep.matrix(rows))).numpy()
-    if classify:
-        expected = torch.softmax(torch.from_numpy(raw), dim=1).numpy()
-        got = session.run(["probabilities"], feeds)[0]
-    else:
-        expected = raw[:, 0] * prep.y_std + prep.y_mean
-        got = session.run(["value"], feeds)[0]
-        expected, got = expected / max(1.0, abs(prep.y_std)), got / max(1.0, abs(prep.y_std))
-    diff = float(np.abs(expected - got).max()) if len(rows) else 0.0
-    if diff > PARITY_TOLERANCE:
-        raise RuntimeError(f"the ONNX model differs from PyTorch by {diff:.2e}")
-    return diff
+    raw = predict(model, prep.matrix(rows))
+    got = session.run(["probabilities" if classify else "value"], feeds)[0]
+    return parity(raw, got, classify, prep.y_mean, prep.y_std, PARITY_TOLERANCE)

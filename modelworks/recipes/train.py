@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
             from modelworks.recipes.tabular import train
 
             train(spec, out, ranks)
+        elif spec["recipe"] in ("sequence-classification", "sequence-regression"):
+            from modelworks.recipes.sequence import train as train_sequence
+
+            train_sequence(spec, out, ranks)
         else:
             raise TrainingFailed(f"unknown recipe {spec['recipe']!r}", BAD_DATA)
         return 0

@@ -23,6 +23,8 @@ TASKS = (
     "text-classification",
     "embeddings",
     "image-classification",
+    "sequence-classification",
+    "sequence-regression",
 )
 
 

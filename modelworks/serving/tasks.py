@@ -26,8 +26,13 @@ from modelworks.errors import InvalidInput, TaskMismatch
 from modelworks.serving.target import TEXT_TASKS, Target
 from modelworks.tensors import JsonRules, element_count, json_array, ragged
 
-CLASSIFY_TASKS = ("tabular-classification", "text-classification")
-REGRESS_TASKS = ("tabular-regression",)
+CLASSIFY_TASKS = (
+    "tabular-classification",
+    "text-classification",
+    "image-classification",
+    "sequence-classification",
+)
+REGRESS_TASKS = ("tabular-regression", "sequence-regression")
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
 SCORE_NAMES = ("probabilities", "probability", "scores")
 LOGITS = "_logits"  # text classifiers' raw scores, beside their softmax `probabilities`
