@@ -569,3 +569,69 @@ def test_a_sequence_job_needs_a_time_series(http: httpx.Client, services: Servic
         params={"cell": "transformer"},
     )
     assert r.status_code == 422 and "gru, lstm" in r.text
+
+
+# images -------------------------------------------------------------------------------------
+def part_images(path: Path, per_class: int = 40) -> Path:
+    """A zip of 24x24 pictures of parts: `ok` ones are plain, `scratched` ones carry a bright
+    diagonal line; both on noisy grey backgrounds of varying brightness."""
+    import io
+    import zipfile
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(2)
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in ("ok", "scratched"):
+            for i in range(per_class):
+                base = rng.integers(60, 140)
+                pixels = (base + rng.normal(0, 12, (24, 24, 3))).clip(0, 255).astype(np.uint8)
+                img = Image.fromarray(pixels, "RGB")
+                if cls == "scratched":
+                    a, b = rng.integers(0, 8, 2)
+                    ImageDraw.Draw(img).line((a, b, 23 - b, 23 - a), fill=(250, 250, 250), width=2)
+                buf = io.BytesIO()
+                img.save(buf, "PNG")
+                zf.writestr(f"{cls}/{i:03d}.png", buf.getvalue())
+    return path
+
+
+def test_image_classification(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    data = part_images(tmp_path / "parts.zip")
+    params = check_params(
+        RECIPES["image-classification"],
+        {
+            "epochs": 12,
+            "image_size": 24,
+            "width": 8,
+            "learning_rate": 0.01,
+            "patience": 50,
+            "batch_size": 16,
+            "dropout": 0.0,
+        },
+    )
+    spec = {
+        "recipe": "image-classification",
+        "data": str(data),
+        "format": "images",
+        "target": "label",
+        "group": None,
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "params": params,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
+    argv = [sys.executable, "-m", "modelworks.recipes.train", str(tmp_path / "spec.json"), str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = report(out)
+    assert r["metrics"]["accuracy"] >= 0.85 and r["labels"] == ["ok", "scratched"]
+    assert r["image_size"] == 24 and r["onnx_max_abs_diff"] <= 1e-4
+    assert not any((tmp_path / "work").glob("images-*"))  # the unpacked images are gone
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "image"
+    plain = np.full((1, 3, 24, 24), 100 / 255, dtype=np.float32)
+    assert list(session.run(["label"], {"image": plain})[0]) == ["ok"]

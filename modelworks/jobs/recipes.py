@@ -101,6 +101,13 @@ SEQUENCE_PARAMS = (
     Param("cell", "choice", "gru", choices=("gru", "lstm")),
 )
 
+IMAGE_PARAMS = (
+    *COMMON_PARAMS,
+    Param("image_size", "int", 64, 16, 256, "images are resized to this many pixels square"),
+    Param("width", "int", 16, 4, 128, "channels of the first convolution (then x2, x4)"),
+    Param("augment", "choice", "flip-shift", choices=("flip-shift", "none")),
+)
+
 RECIPES = {
     r.name: r
     for r in (
@@ -121,6 +128,15 @@ RECIPES = {
             TABULAR_PARAMS,
             "rmse",
             False,
+        ),
+        Recipe(
+            "image-classification",
+            "image-classification",
+            False,
+            ("images",),
+            IMAGE_PARAMS,
+            "macro_f1",
+            True,
         ),
         Recipe(
             "sequence-classification",

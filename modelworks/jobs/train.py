@@ -47,6 +47,7 @@ TASK_METRICS = {
     "tabular-classification": CLASSIFIER_METRICS,
     "tabular-regression": REGRESSOR_METRICS,
     "sequence-classification": CLASSIFIER_METRICS,
+    "image-classification": CLASSIFIER_METRICS,
     "sequence-regression": REGRESSOR_METRICS,
 }
 _CONDITION = re.compile(r"\s*(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
@@ -230,6 +231,8 @@ class TrainKind:
         signature = inspect_onnx(out / "model.onnx")
         if report.get("labels"):
             signature["labels"] = report["labels"]
+        if report.get("image_size"):
+            signature["image_size"] = report["image_size"]
         if report.get("features"):  # the columns, in the order a window's last axis takes them
             signature["features"] = report["features"]
         cap = ctx.settings.max_upload_bytes

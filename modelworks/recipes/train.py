@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
             from modelworks.recipes.tabular import train
 
             train(spec, out, ranks)
+        elif spec["recipe"] == "image-classification":
+            from modelworks.recipes.image import train as train_images
+
+            train_images(spec, out, ranks)
         elif spec["recipe"] in ("sequence-classification", "sequence-regression"):
             from modelworks.recipes.sequence import train as train_sequence
 
