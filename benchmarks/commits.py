@@ -41,17 +41,10 @@ from serving import (
 )
 
 
-def describe(rev: str, cwd: Path = REPO) -> str:
-    out = subprocess.run(
-        ["git", "describe", "--always", "--dirty", rev]
-        if rev != "HEAD"
-        else ["git", "describe", "--always", "--dirty"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
+def describe(rev: str | None) -> str:
+    """`git describe` of a commit, or of this working tree (None; `-dirty` when changed)."""
+    cmd = ["git", "describe", "--always"] + (["--dirty"] if rev is None else [rev])
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def loaded_from(pid: int) -> str:
@@ -71,9 +64,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--models", default=f"{TABULAR},{EMBED}", help="which to measure")
+    parser.add_argument(
+        "--start-first", choices=("new", "old"), default="new", help="which server starts first"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    models = [m for m in (TABULAR, EMBED) if m in args.models.split(",")]
     tool = args.loadgen if args.loadgen != "auto" else ("wrk" if shutil.which("wrk") else "python")
     runs: list[tuple[str, Run]] = []
     with tempfile.TemporaryDirectory(prefix="mw-commits-") as tmp_name:
@@ -91,7 +89,8 @@ def main() -> None:
             paths = bodies(tmp)
             tab = build_tabular_onnx(tmp / "tabular.onnx")
             sides = {}
-            for side, source in (("new", REPO), ("old", old_tree)):
+            starts = [("new", REPO), ("old", old_tree)]
+            for side, source in starts if args.start_first == "new" else starts[::-1]:
                 home = tmp / f"home-{side}"
                 proc, url, key = start_modelworks(home, tmp, None, source=source)
                 servers.append(proc)
@@ -115,7 +114,7 @@ def main() -> None:
                 ).raise_for_status()
                 sides[side] = (proc, url, auth)
                 print(
-                    f"{side}: {describe(args.against if side == 'old' else 'HEAD')} "
+                    f"{side}: {describe(args.against if side == 'old' else None)} "
                     f"imports modelworks from {loaded_from(proc.pid)}",
                     flush=True,
                 )
@@ -124,7 +123,7 @@ def main() -> None:
             for rnd in range(args.rounds):
                 order = ("old", "new") if rnd % 2 == 0 else ("new", "old")
                 for c in levels:
-                    for model in (TABULAR, EMBED):
+                    for model in models:
                         path, body = paths[model]
                         for side in order:
                             proc, url, auth = sides[side]
@@ -162,7 +161,7 @@ def main() -> None:
     )
     verdicts = []
     for c in levels:
-        for model in (TABULAR, EMBED):
+        for model in models:
             got = {
                 s: [r for side, r in runs if side == s and r.model == model and r.concurrency == c]
                 for s in ("old", "new")
