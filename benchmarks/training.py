@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 
-def run(folder: Path, data: Path, ranks: int, epochs: int, tag: str) -> dict[str, float]:
+def run(
+    folder: Path, data: Path, ranks: int, epochs: int, tag: str, batch: int
+) -> dict[str, float]:
     spec = {
         "recipe": "tabular-classification",
         "data": str(data),
@@ -34,7 +36,7 @@ def run(folder: Path, data: Path, ranks: int, epochs: int, tag: str) -> dict[str
         "checkpoint_dir": str(folder / f"ck-{tag}"),
         "params": {
             "epochs": epochs,
-            "batch_size": 64,
+            "batch_size": batch,
             "learning_rate": 1e-3,
             "hidden": [128, 128],
             "dropout": 0.1,
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64, help="the global batch")
     args = parser.parse_args()
     from press_sensors_csv import main as write_csv
 
@@ -82,7 +85,7 @@ def main() -> None:
         results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         for r in range(args.rounds):
             for ranks in (1, 2) if r % 2 == 0 else (2, 1):
-                got = run(folder, data, ranks, args.epochs, f"{ranks}-{r}")
+                got = run(folder, data, ranks, args.epochs, f"{ranks}-{r}", args.batch_size)
                 results[ranks].append(got)
                 print(f"round {r + 1}: {ranks} rank(s) {got['rows_per_s']:9.0f} rows/s", flush=True)
     one = statistics.median(x["rows_per_s"] for x in results[1])
