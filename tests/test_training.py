@@ -21,6 +21,7 @@ import pytest
 from modelworks.api.services import Services
 from modelworks.errors import ValidationFailed
 from modelworks.jobs.recipes import RECIPES, check_params, check_recipe
+from tests.conftest import free_port
 
 PARAMS: dict[str, Any] = {
     "epochs": 6,
@@ -635,3 +636,37 @@ def test_image_classification(tmp_path: Path) -> None:
     assert session.get_inputs()[0].name == "image"
     plain = np.full((1, 3, 24, 24), 100 / 255, dtype=np.float32)
     assert list(session.run(["label"], {"image": plain})[0]) == ["ok"]
+
+
+def test_two_launcher_agents_join_one_run_over_a_c10d_rendezvous(tmp_path: Path) -> None:
+    """Several machines, simulated on loopback: two elastic agents, one rank each, meet at a
+    c10d rendezvous endpoint and train as one data-parallel run (rank 0 writes the output)."""
+    df = sensor_frame()
+    data = tmp_path / "data.csv"
+    df.to_csv(data, index=False)
+    spec = {
+        "recipe": "tabular-classification",
+        "data": str(data),
+        "format": "csv",
+        "target": "label",
+        "group": None,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "params": PARAMS,
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    port = free_port()
+    agents = []
+    for node in (0, 1):
+        argv = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+            "--nproc-per-node", "1", "--node-rank", str(node), "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "job-7",
+            "-m", "modelworks.recipes.train", str(tmp_path / "spec.json"),
+            str(tmp_path / f"out-{node}"),
+        ]  # fmt: skip
+        agents.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = [a.communicate(timeout=300) for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], results[0][1][-2000:]
+    written = [p.name for p in tmp_path.glob("out-*") if (p / "report.json").exists()]
+    assert len(written) == 1  # only rank 0 writes
+    assert report(tmp_path / written[0])["world_size"] == 2
